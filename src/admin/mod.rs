@@ -1,0 +1,3 @@
+//! Operator surfaces: the HTTP endpoint for /metrics and /healthz.
+
+pub mod http;

@@ -1,0 +1,281 @@
+//! One server connection: TCP (+ optional TLS) connect, startup, authentication,
+//! and the small internal queries the proxy runs itself (ping, reset, SET).
+
+use crate::config::ServerTlsMode;
+use crate::protocol::{messages, Frame, FrameError, FramedStream, Stream};
+use bytes::{Buf, BytesMut};
+use pgwire::messages::startup::Startup;
+use pgwire::messages::Message;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Servers may send messages up to 1 GiB (PostgreSQL's own limit).
+const SERVER_MAX_MESSAGE: usize = 0x3fff_ffff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("server connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server error {code}: {message}")]
+    Server {
+        code: String,
+        message: String,
+        /// The ErrorResponse as the server sent it, to forward to the client.
+        raw: BytesMut,
+    },
+    #[error("server protocol: {0}")]
+    Protocol(String),
+    #[error("server TLS required but refused by {0}")]
+    TlsRefused(String),
+    #[error("timed out connecting to {0}")]
+    Timeout(String),
+}
+
+impl From<FrameError> for BackendError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(e) => BackendError::Io(e),
+            other => BackendError::Protocol(other.to_string()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ConnectSpec {
+    pub node: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub tls: ServerTlsMode,
+    pub connect_timeout: Duration,
+}
+
+pub struct ServerConn {
+    pub io: FramedStream,
+    pub node: String,
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: i32,
+    /// ParameterStatus values, kept current from what the server reports.
+    pub params: Vec<(String, String)>,
+    /// Client startup parameters last applied with SET on this connection.
+    pub applied: Vec<(String, String)>,
+    pub last_used: Instant,
+    /// Set when the connection's state is unknown; the pool then discards it.
+    pub broken: bool,
+}
+
+pub async fn connect(spec: &ConnectSpec) -> Result<ServerConn, BackendError> {
+    let target = format!("{}:{}", spec.host, spec.port);
+    tokio::time::timeout(spec.connect_timeout, connect_inner(spec))
+        .await
+        .map_err(|_| BackendError::Timeout(target))?
+}
+
+async fn connect_inner(spec: &ConnectSpec) -> Result<ServerConn, BackendError> {
+    let mut tcp = TcpStream::connect((spec.host.as_str(), spec.port)).await?;
+    tcp.set_nodelay(true)?;
+    let addr = tcp.peer_addr()?;
+    let stream = match spec.tls {
+        ServerTlsMode::Disable => Stream::Plain(tcp),
+        mode => {
+            tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+            let answer = tcp.read_u8().await?;
+            match (answer, mode) {
+                (b'S', _) => {
+                    let name = rustls::pki_types::ServerName::try_from(spec.host.clone())
+                        .unwrap_or_else(|_| "localhost".try_into().expect("valid name"));
+                    let tls = super::tls::connector().connect(name, tcp).await?;
+                    Stream::ClientTls(Box::new(tls))
+                }
+                (_, ServerTlsMode::Require) => return Err(BackendError::TlsRefused(spec.node.clone())),
+                _ => Stream::Plain(tcp),
+            }
+        }
+    };
+    let mut io = FramedStream::new(stream, SERVER_MAX_MESSAGE);
+
+    let mut startup = Startup::new();
+    startup.parameters.insert("user".into(), spec.user.clone());
+    startup.parameters.insert("database".into(), spec.database.clone());
+    startup.parameters.insert("application_name".into(), "pgwarden".into());
+    let mut buf = BytesMut::new();
+    startup
+        .encode(&mut buf)
+        .map_err(|e| BackendError::Protocol(e.to_string()))?;
+    io.write_all(&buf).await?;
+    io.flush().await?;
+
+    let mut conn = ServerConn {
+        io,
+        node: spec.node.clone(),
+        addr,
+        pid: 0,
+        secret: 0,
+        params: Vec::new(),
+        applied: Vec::new(),
+        last_used: Instant::now(),
+        broken: false,
+    };
+    let mut scram = None;
+    loop {
+        let frame = conn.read().await?;
+        match frame.tag {
+            b'R' => {
+                super::auth::step(&mut conn.io, frame.data, &spec.user, &spec.password, &mut scram).await?;
+            }
+            b'E' => return Err(server_error(frame)),
+            b'S' => conn.note_parameter(frame.body()),
+            b'K' => {
+                let mut b = frame.body();
+                if b.len() >= 8 {
+                    conn.pid = b.get_i32();
+                    conn.secret = b.get_i32();
+                }
+            }
+            b'Z' => return Ok(conn),
+            b'N' | b'v' => {}
+            t => {
+                return Err(BackendError::Protocol(format!(
+                    "unexpected message {:?} during startup",
+                    t as char
+                )))
+            }
+        }
+    }
+}
+
+pub(crate) fn server_error(frame: Frame) -> BackendError {
+    let (code, message) = messages::error_fields(frame.body());
+    BackendError::Server {
+        code,
+        message,
+        raw: frame.data,
+    }
+}
+
+/// Splits a ParameterStatus body into name and value.
+pub fn parse_parameter(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = parts.next()?;
+    let value = parts.next()?;
+    Some((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}
+
+impl ServerConn {
+    pub async fn read(&mut self) -> Result<Frame, BackendError> {
+        match self.io.read_frame().await {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => {
+                self.broken = true;
+                Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Records a ParameterStatus the server sent.
+    pub fn note_parameter(&mut self, body: &[u8]) {
+        if let Some((name, value)) = parse_parameter(body) {
+            match self.params.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => self.params.push((name, value)),
+            }
+        }
+    }
+
+    /// Runs SQL the proxy issues itself and waits for ReadyForQuery. Returns the
+    /// ParameterStatus messages it caused, raw, so a caller can pass them on.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<Vec<Frame>, BackendError> {
+        let mut buf = BytesMut::new();
+        messages::query(&mut buf, sql);
+        let res = async {
+            self.io.write_all(&buf).await?;
+            self.io.flush().await?;
+            let mut reported = Vec::new();
+            let mut error = None;
+            loop {
+                let frame = self.read().await?;
+                match frame.tag {
+                    b'Z' => break,
+                    b'E' => error = Some(server_error(frame)),
+                    b'S' => {
+                        self.note_parameter(frame.body());
+                        reported.push(frame);
+                    }
+                    // CopyIn/CopyOut cannot come from the proxy's own statements.
+                    b'G' | b'H' | b'W' => {
+                        self.broken = true;
+                        return Err(BackendError::Protocol("unexpected COPY".into()));
+                    }
+                    _ => {}
+                }
+            }
+            match error {
+                Some(e) => Err(e),
+                None => Ok(reported),
+            }
+        }
+        .await;
+        if matches!(res, Err(BackendError::Io(_) | BackendError::Protocol(_))) {
+            self.broken = true;
+        }
+        res
+    }
+
+    /// True if the server sent something unprompted (an error, or closed): such a
+    /// connection is not handed out again.
+    pub async fn has_unexpected_input(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::ZERO, self.io.read_frame()).await,
+            Ok(_)
+        )
+    }
+
+    /// Brings the connection to the client's startup parameters: SET what differs,
+    /// RESET what a previous client set and this one did not.
+    pub async fn apply_params(
+        &mut self,
+        wanted: &[(String, String)],
+    ) -> Result<Vec<Frame>, BackendError> {
+        if self.applied == wanted {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::new();
+        for (name, _) in &self.applied {
+            if !wanted.iter().any(|(n, _)| n == name) {
+                sql.push_str(&format!("RESET {};", quote_ident(name)));
+            }
+        }
+        for (name, value) in wanted {
+            if !self.applied.iter().any(|(n, v)| n == name && v == value) {
+                sql.push_str(&format!("SET {} = {};", quote_ident(name), quote_literal(value)));
+            }
+        }
+        let reported = self.run_internal(&sql).await;
+        // Whatever happened, the server's state now differs from `applied` in ways we
+        // do not track; an error leaves it unchanged, so only success updates it.
+        if reported.is_ok() {
+            self.applied = wanted.to_vec();
+        }
+        reported
+    }
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -1,0 +1,9 @@
+//! Server side: one authenticated server connection, and the deadpool pools that hold them.
+
+pub mod auth;
+pub mod conn;
+pub mod pool;
+pub mod tls;
+
+pub use conn::{BackendError, ConnectSpec, ServerConn};
+pub use pool::{PoolKey, Pools, ServerPool};

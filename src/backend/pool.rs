@@ -1,0 +1,113 @@
+//! deadpool pools of server connections, one per (database, user, node).
+
+use super::conn::{connect, BackendError, ConnectSpec, ServerConn};
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Manager {
+    spec: ConnectSpec,
+    idle_check: Duration,
+    /// Startup ParameterStatus of the last connection made, for client logins.
+    startup_params: Arc<Mutex<Option<Vec<(String, String)>>>>,
+}
+
+impl managed::Manager for Manager {
+    type Type = ServerConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<ServerConn, BackendError> {
+        let conn = connect(&self.spec).await?;
+        metrics::gauge!("pgwarden_server_connections", "node" => self.spec.node.clone()).increment(1.0);
+        *self.startup_params.lock().expect("params lock") = Some(conn.params.clone());
+        Ok(conn)
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
+        if conn.broken {
+            return Err(RecycleError::message("connection marked broken"));
+        }
+        if conn.has_unexpected_input().await {
+            return Err(RecycleError::message("server sent data while idle"));
+        }
+        if conn.last_used.elapsed() >= self.idle_check {
+            conn.run_internal("").await.map_err(RecycleError::Backend)?;
+        }
+        Ok(())
+    }
+
+    fn detach(&self, _conn: &mut ServerConn) {}
+}
+
+pub type ServerPool = managed::Pool<Manager>;
+
+#[derive(Clone, Hash, PartialEq, Eq, Debug)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+    pub node: String,
+}
+
+pub struct PoolSettings {
+    pub size: usize,
+    pub checkout_timeout: Duration,
+    pub idle_check: Duration,
+}
+
+/// A pool and what logins need from it without a checkout.
+#[derive(Clone)]
+pub struct PoolEntry {
+    pub pool: ServerPool,
+    pub startup_params: Arc<Mutex<Option<Vec<(String, String)>>>>,
+}
+
+pub struct Pools {
+    settings: PoolSettings,
+    // Held only to look up or insert, never across an await.
+    map: Mutex<HashMap<PoolKey, PoolEntry>>,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings) -> Self {
+        Pools {
+            settings,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, key: &PoolKey, spec: impl FnOnce() -> ConnectSpec) -> PoolEntry {
+        let mut map = self.map.lock().expect("pools lock");
+        if let Some(e) = map.get(key) {
+            return e.clone();
+        }
+        let startup_params = Arc::new(Mutex::new(None));
+        let manager = Manager {
+            spec: spec(),
+            idle_check: self.settings.idle_check,
+            startup_params: startup_params.clone(),
+        };
+        let pool = managed::Pool::builder(manager)
+            .max_size(self.settings.size)
+            .wait_timeout(Some(self.settings.checkout_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .expect("pool with a runtime and timeouts builds");
+        let entry = PoolEntry {
+            pool,
+            startup_params,
+        };
+        map.insert(key.clone(), entry.clone());
+        entry
+    }
+
+    pub fn all(&self) -> Vec<(PoolKey, PoolEntry)> {
+        let map = self.map.lock().expect("pools lock");
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Marks the time a connection goes back, so the idle health check knows its age.
+pub fn touch(conn: &mut ServerConn) {
+    conn.last_used = Instant::now();
+}

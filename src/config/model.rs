@@ -1,0 +1,180 @@
+//! Typed configuration, with the defaults a production proxy should start from.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// HTTP endpoint for /metrics and /healthz; absent disables it.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub server_tls: ServerTlsMode,
+    pub users: Vec<User>,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_client_connections: usize,
+    /// Largest message a client may send (bytes); PostgreSQL itself stops at 1 GiB.
+    pub max_message_bytes: usize,
+    /// A client must finish TLS, startup and authentication within this time.
+    pub startup_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_client_connections: 1000,
+            max_message_bytes: 64 * 1024 * 1024,
+            startup_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    #[default]
+    Transaction,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    /// Server connections per (database, user, node).
+    pub size: usize,
+    /// How long a request waits for a free server connection before 53300.
+    pub checkout_timeout_ms: u64,
+    /// A connection idle longer than this is pinged before it is handed out.
+    pub idle_check_ms: u64,
+    /// Time allowed to open and authenticate one server connection.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: PoolMode::Transaction,
+            size: 20,
+            checkout_timeout_ms: 5_000,
+            idle_check_ms: 30_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub method: AuthMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerTlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// Password in clear; prefer `password_env`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Role used on the servers; defaults to `name`.
+    #[serde(default)]
+    pub server_user: Option<String>,
+    /// Password used on the servers; defaults to the client password.
+    #[serde(default)]
+    pub server_password: Option<String>,
+    #[serde(default)]
+    pub server_password_env: Option<String>,
+}
+
+// Hand-written so secrets never reach logs through `{:?}`.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_env", &self.password_env)
+            .field("server_user", &self.server_user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub role: Role,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:6432".parse().expect("valid literal")
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// A user with its secrets resolved (environment variables read once at load).
+#[derive(Clone)]
+pub struct ResolvedUser {
+    pub name: String,
+    pub password: String,
+    pub server_user: String,
+    pub server_password: String,
+}

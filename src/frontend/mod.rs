@@ -1,0 +1,11 @@
+//! Client side: listener, TLS and startup negotiation, client authentication, cancel
+//! requests, and the per-client session that relays requests to pooled servers.
+
+pub mod auth;
+pub mod cancel;
+mod relay;
+pub mod listener;
+pub mod scram;
+pub mod session;
+pub mod startup;
+pub mod tls;

@@ -1,0 +1,244 @@
+//! One client from login to disconnect: authentication, server parameters, then the
+//! request loop that buffers each request until it is complete before a checkout.
+
+use super::auth::{self, AuthUser};
+use super::cancel::{CancelSlot, CancelTarget};
+use crate::backend::pool::{touch, Manager, PoolEntry, PoolKey};
+use crate::backend::{BackendError, ConnectSpec};
+use crate::config::PoolMode;
+use crate::protocol::{messages, sqlstate, FrameError, FramedStream, Stream};
+use crate::proxy::Shared;
+use bytes::BytesMut;
+use deadpool::managed::{Object, PoolError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) type Server = Object<Manager>;
+
+/// Startup parameters that are session state, not connection identity; they are
+/// replayed on whichever server connection the client lands on.
+const NOT_REPLAYED: &[&str] = &["user", "database", "replication", "options"];
+
+pub(super) struct Session {
+    pub client: FramedStream,
+    pub shared: Arc<Shared>,
+    pub pool: PoolEntry,
+    pub mode: PoolMode,
+    pub params: Vec<(String, String)>,
+    pub cancel: CancelSlot,
+    /// Bytes queued for the client, written in batches.
+    pub out: BytesMut,
+}
+
+pub async fn run(
+    stream: Stream,
+    params: BTreeMap<String, String>,
+    shared: Arc<Shared>,
+    login_timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut client = FramedStream::new(stream, shared.config.limits.max_message_bytes);
+    let user_name = params.get("user").cloned().unwrap_or_default();
+    let database = params.get("database").cloned().unwrap_or_else(|| user_name.clone());
+    let entry = shared.users.get(&user_name);
+    let auth_user = entry.map(|e| AuthUser {
+        name: &e.user.name,
+        password: &e.user.password,
+        verifier: &e.verifier,
+    });
+    let authed = tokio::time::timeout(
+        login_timeout,
+        auth::authenticate(&mut client, shared.config.auth.method, auth_user, &user_name),
+    )
+    .await;
+    match authed {
+        Ok(Ok(())) => {}
+        Ok(Err(f)) => {
+            let _ = client.write_all(&messages::fatal(f.code, &f.message)).await;
+            let _ = client.flush().await;
+            metrics::counter!("pgwarden_auth_failures_total").increment(1);
+            anyhow::bail!("authentication of {user_name:?} failed: {}", f.message);
+        }
+        Err(_) => anyhow::bail!("authentication of {user_name:?} timed out"),
+    }
+    let user = &entry.expect("authenticated users exist").user;
+
+    let primary = shared.config.primary().clone();
+    let key = PoolKey {
+        database: database.clone(),
+        user: user.name.clone(),
+        node: primary.name.clone(),
+    };
+    let pool = shared.pools.get(&key, || ConnectSpec {
+        node: primary.name.clone(),
+        host: primary.host.clone(),
+        port: primary.port,
+        user: user.server_user.clone(),
+        password: user.server_password.clone(),
+        database: database.clone(),
+        tls: shared.config.server_tls,
+        connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
+    });
+    let replayed: Vec<(String, String)> = params
+        .into_iter()
+        .filter(|(k, _)| !NOT_REPLAYED.contains(&k.as_str()))
+        .collect();
+    let (pid, secret, cancel) = shared.cancels.register();
+    let mut session = Session {
+        client,
+        mode: shared.config.pool.mode,
+        shared: shared.clone(),
+        pool,
+        params: replayed,
+        cancel,
+        out: BytesMut::new(),
+    };
+    let result = async {
+        let server = session.login(pid, secret).await?;
+        session.serve(server).await
+    }
+    .await;
+    shared.cancels.unregister(pid);
+    result
+}
+
+impl Session {
+    /// Finishes the login: AuthenticationOk, the server's parameters as this client
+    /// will see them, our own cancel key, ReadyForQuery. A server connection is only
+    /// checked out when this pool has never connected (that also surfaces errors such
+    /// as an unknown database) or in session mode.
+    async fn login(&mut self, pid: i32, secret: i32) -> anyhow::Result<Option<Server>> {
+        let cached = self.pool.startup_params.lock().expect("params lock").clone();
+        let mut server = None;
+        let server_params = match cached {
+            Some(p) if self.mode == PoolMode::Transaction => p,
+            _ => {
+                let mut s = match self.checkout().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let raw = login_error(&e);
+                        let _ = self.client.write_all(&raw).await;
+                        let _ = self.client.flush().await;
+                        anyhow::bail!("login: {e}");
+                    }
+                };
+                let params = s.params.clone();
+                if self.mode == PoolMode::Session {
+                    server = Some(s);
+                } else {
+                    touch(&mut s);
+                }
+                params
+            }
+        };
+        let mut out = BytesMut::new();
+        messages::auth(&mut out, &pgwire::messages::startup::Authentication::Ok);
+        for (name, value) in &server_params {
+            let value = self
+                .params
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+                .unwrap_or(value);
+            messages::parameter_status(&mut out, name, value);
+        }
+        messages::backend_key_data(&mut out, pid, secret);
+        messages::ready_for_query(&mut out, b'I');
+        self.client.write_all(&out).await?;
+        self.client.flush().await?;
+        Ok(server)
+    }
+
+    /// Checks out a server connection and brings it to this client's parameters.
+    pub(super) async fn checkout(&mut self) -> Result<Server, CheckoutError> {
+        let mut server = self.pool.pool.get().await.map_err(CheckoutError::Pool)?;
+        if let Err(e) = server.apply_params(&self.params).await {
+            if server.broken {
+                let _ = Object::take(server);
+            }
+            return Err(CheckoutError::Params(e));
+        }
+        *self.cancel.lock().expect("cancel slot lock") = Some(CancelTarget {
+            addr: server.addr,
+            pid: server.pid,
+            secret: server.secret,
+        });
+        Ok(server)
+    }
+
+    /// Gives a server connection back (or discards it when its state is unknown).
+    pub(super) async fn release(&mut self, mut server: Server, reset: bool) {
+        *self.cancel.lock().expect("cancel slot lock") = None;
+        if reset && !server.broken {
+            // Session mode hands a connection to an unrelated client next.
+            if server.run_internal("DISCARD ALL").await.is_ok() {
+                server.applied.clear();
+            }
+        }
+        if server.broken {
+            let _ = Object::take(server);
+            return;
+        }
+        touch(&mut server);
+    }
+
+    pub(super) async fn send_error(&mut self, severity: &str, code: &str, message: &str, ready: bool) -> std::io::Result<()> {
+        messages::error(&mut self.out, severity, code, message);
+        if ready {
+            messages::ready_for_query(&mut self.out, b'I');
+        }
+        self.flush_out().await
+    }
+
+    pub(super) async fn flush_out(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).await?;
+            self.client.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reports a client framing error the way PostgreSQL would, then gives up.
+    pub(super) async fn frame_error(&mut self, e: FrameError) -> anyhow::Error {
+        if let FrameError::BadLength { len, limit } = e {
+            let msg = format!("invalid message length {len} (limit {limit}, see limits.max_message_bytes)");
+            let _ = self.send_error("FATAL", sqlstate::PROGRAM_LIMIT_EXCEEDED, &msg, false).await;
+            return anyhow::anyhow!(msg);
+        }
+        e.into()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CheckoutError {
+    #[error("{0}")]
+    Pool(PoolError<BackendError>),
+    #[error("applying session parameters: {0}")]
+    Params(BackendError),
+}
+
+impl CheckoutError {
+    /// The error a client sees: the server's own ErrorResponse when there is one.
+    pub fn client_message(&self) -> (String, String, Option<BytesMut>) {
+        match self {
+            CheckoutError::Pool(PoolError::Timeout(_)) => (
+                sqlstate::TOO_MANY_CONNECTIONS.into(),
+                "no server connection became available within pool.checkout_timeout_ms".into(),
+                None,
+            ),
+            CheckoutError::Pool(PoolError::Backend(BackendError::Server { code, message, raw }))
+            | CheckoutError::Params(BackendError::Server { code, message, raw }) => {
+                (code.clone(), message.clone(), Some(raw.clone()))
+            }
+            other => (sqlstate::CONNECTION_FAILURE.into(), format!("cannot reach the database server: {other}"), None),
+        }
+    }
+}
+
+fn login_error(e: &CheckoutError) -> BytesMut {
+    match e.client_message() {
+        (_, _, Some(raw)) => raw,
+        (code, message, None) => messages::fatal(&code, &message),
+    }
+}

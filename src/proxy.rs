@@ -1,0 +1,90 @@
+//! Wiring: builds the shared state from a config and starts the listener and admin HTTP.
+
+use crate::backend::pool::{PoolSettings, Pools};
+use crate::config::{Config, ResolvedUser};
+use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::scram::Verifier;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub struct UserEntry {
+    pub user: ResolvedUser,
+    pub verifier: Verifier,
+}
+
+/// State every client task reads; built once per proxy so tests can run several.
+pub struct Shared {
+    pub config: Config,
+    pub users: HashMap<String, UserEntry>,
+    pub pools: Pools,
+    pub cancels: CancelRegistry,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub client_slots: Arc<Semaphore>,
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Binds the listeners and starts serving. `metrics` renders /metrics when given.
+    pub async fn start(
+        config: Config,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> anyhow::Result<Proxy> {
+        let users = config
+            .resolved_users()?
+            .into_iter()
+            .map(|u| {
+                let verifier = Verifier::from_password(&u.password);
+                (u.name.clone(), UserEntry { user: u, verifier })
+            })
+            .collect();
+        let tls = config.tls.as_ref().map(crate::frontend::tls::acceptor).transpose()?;
+        let pools = Pools::new(PoolSettings {
+            size: config.pool.size,
+            checkout_timeout: Duration::from_millis(config.pool.checkout_timeout_ms),
+            idle_check: Duration::from_millis(config.pool.idle_check_ms),
+        });
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let admin = match config.admin_listen {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(|e| anyhow::anyhow!("admin_listen {a}: {e}"))?),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let shared = Arc::new(Shared {
+            client_slots: Arc::new(Semaphore::new(config.limits.max_client_connections)),
+            config,
+            users,
+            pools,
+            cancels: CancelRegistry::default(),
+            tls,
+        });
+        let (shutdown, rx) = watch::channel(false);
+        tokio::spawn(crate::frontend::listener::serve(listener, shared.clone(), rx.clone()));
+        if let Some(l) = admin {
+            tokio::spawn(crate::admin::http::serve(l, metrics, rx));
+        }
+        tracing::info!(%addr, "pgwarden listening");
+        Ok(Proxy { addr, admin_addr, shared, shutdown })
+    }
+
+    /// Stops accepting; clients already connected finish on their own.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
