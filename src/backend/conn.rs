@@ -1,6 +1,7 @@
 //! One server connection: TCP (+ optional TLS) connect, startup, authentication,
 //! and the small internal queries the proxy runs itself (ping, reset, SET).
 
+use super::prepared::PreparedSet;
 use crate::config::ServerTlsMode;
 use crate::protocol::{messages, Frame, FrameError, FramedStream, Stream};
 use bytes::{Buf, BytesMut};
@@ -52,6 +53,8 @@ pub struct ConnectSpec {
     pub database: String,
     pub tls: ServerTlsMode,
     pub connect_timeout: Duration,
+    /// Named statements kept prepared per connection.
+    pub prepared_capacity: usize,
 }
 
 pub struct ServerConn {
@@ -67,6 +70,14 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Set when the connection's state is unknown; the pool then discards it.
     pub broken: bool,
+    /// Statements prepared on this connection by the proxy on clients' behalf.
+    pub prepared: PreparedSet,
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        metrics::gauge!("pgwarden_server_connections", "node" => self.node.clone()).decrement(1.0);
+    }
 }
 
 pub async fn connect(spec: &ConnectSpec) -> Result<ServerConn, BackendError> {
@@ -120,7 +131,9 @@ async fn connect_inner(spec: &ConnectSpec) -> Result<ServerConn, BackendError> {
         applied: Vec::new(),
         last_used: Instant::now(),
         broken: false,
+        prepared: PreparedSet::new(spec.prepared_capacity),
     };
+    metrics::gauge!("pgwarden_server_connections", "node" => spec.node.clone()).increment(1.0);
     let mut scram = None;
     loop {
         let frame = conn.read().await?;

@@ -19,7 +19,6 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
         let conn = connect(&self.spec).await?;
-        metrics::gauge!("pgwarden_server_connections", "node" => self.spec.node.clone()).increment(1.0);
         *self.startup_params.lock().expect("params lock") = Some(conn.params.clone());
         Ok(conn)
     }

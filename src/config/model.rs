@@ -73,6 +73,9 @@ pub struct PoolConfig {
     pub idle_check_ms: u64,
     /// Time allowed to open and authenticate one server connection.
     pub connect_timeout_ms: u64,
+    /// Named prepared statements kept per server connection (least recently used
+    /// are closed beyond this).
+    pub prepared_statements_per_server: usize,
 }
 
 impl Default for PoolConfig {
@@ -83,6 +86,7 @@ impl Default for PoolConfig {
             checkout_timeout_ms: 5_000,
             idle_check_ms: 30_000,
             connect_timeout_ms: 5_000,
+            prepared_statements_per_server: 200,
         }
     }
 }

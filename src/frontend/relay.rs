@@ -2,9 +2,10 @@
 //! Sync, FunctionCall or Flush), then check out a server. Attached: relay both ways,
 //! batching writes, until the server is idle again and the pool mode lets it go.
 
+use super::pipeline::Pipeline;
 use super::session::{CheckoutError, Server, Session};
 use crate::config::PoolMode;
-use crate::protocol::{messages, sqlstate};
+use crate::protocol::{messages, sqlstate, Frame};
 use bytes::BytesMut;
 
 /// Flush what is queued for one side once it grows past this.
@@ -202,8 +203,11 @@ impl Session {
     }
 
     async fn relay(&mut self, server: &mut Server, p: &mut Progress, first: BytesMut, hold: bool) -> anyhow::Result<Flow> {
-        account(p, &first);
-        let mut to_server = first;
+        let mut pipeline = Pipeline::default();
+        let mut to_server = BytesMut::new();
+        for frame in split_frames(first) {
+            self.to_server(frame, server, p, &mut pipeline, &mut to_server);
+        }
         loop {
             if !to_server.is_empty() {
                 let sent = async {
@@ -216,9 +220,15 @@ impl Session {
                 }
                 to_server.clear();
             }
-            if !hold && p.idle() {
+            // Replies the proxy owes before the server's next one (e.g. a dropped
+            // Parse followed by Flush) go out now.
+            pipeline.drain_leading_injects(&mut self.out);
+            if !hold && p.idle() && pipeline.is_empty() {
                 self.flush_out().await?;
                 return Ok(Flow::Idle);
+            }
+            if !self.out.is_empty() && !server.io.has_buffered_frame() {
+                self.flush_out().await?;
             }
             tokio::select! {
                 r = server.io.read_frame() => {
@@ -231,44 +241,46 @@ impl Session {
                     if frame.tag == b'S' {
                         server.note_parameter(frame.body());
                     }
-                    self.out.unsplit(frame.data);
+                    if pipeline.on_server(frame.tag, frame.body(), &mut server.prepared, &mut self.out) {
+                        self.out.unsplit(frame.data);
+                    }
+                    pipeline.after_server(&mut self.out);
                     if self.out.len() >= HIGH_WATER || !server.io.has_buffered_frame() {
                         self.flush_out().await?;
                     }
                 }
                 r = self.client.read_frame() => {
-                    let frame = match r {
-                        Ok(Some(f)) => f,
-                        Ok(None) => return Ok(Flow::ClientGone),
-                        Err(e) => return Err(self.frame_error(e).await),
-                    };
-                    if frame.tag == b'X' {
-                        return Ok(Flow::ClientGone);
-                    }
-                    if !valid_client_tag(frame.tag) {
-                        return Err(self.protocol_violation(frame.tag).await);
-                    }
-                    p.sent(frame.tag);
-                    if completes_request(frame.tag) {
-                        metrics::counter!("pgwarden_queries_total").increment(1);
-                    }
-                    to_server.unsplit(frame.data);
-                    // Batch what the client pipelined, within bounds.
-                    while to_server.len() < HIGH_WATER && self.client.has_buffered_frame() {
-                        match self.client.read_frame().await {
-                            Ok(Some(f)) if f.tag == b'X' => return Ok(Flow::ClientGone),
-                            Ok(Some(f)) if valid_client_tag(f.tag) => {
-                                p.sent(f.tag);
-                                to_server.unsplit(f.data);
-                            }
-                            Ok(Some(f)) => return Err(self.protocol_violation(f.tag).await),
+                    let mut next = r;
+                    // Take everything the client pipelined, within bounds, in one write.
+                    loop {
+                        let frame = match next {
+                            Ok(Some(f)) => f,
                             Ok(None) => return Ok(Flow::ClientGone),
                             Err(e) => return Err(self.frame_error(e).await),
+                        };
+                        if frame.tag == b'X' {
+                            return Ok(Flow::ClientGone);
                         }
+                        if !valid_client_tag(frame.tag) {
+                            return Err(self.protocol_violation(frame.tag).await);
+                        }
+                        if completes_request(frame.tag) {
+                            metrics::counter!("pgwarden_queries_total").increment(1);
+                        }
+                        self.to_server(frame, server, p, &mut pipeline, &mut to_server);
+                        if to_server.len() >= HIGH_WATER || !self.client.has_buffered_frame() {
+                            break;
+                        }
+                        next = self.client.read_frame().await;
                     }
                 }
             }
         }
+    }
+
+    fn to_server(&mut self, frame: Frame, server: &mut Server, p: &mut Progress, pipeline: &mut Pipeline, to_server: &mut BytesMut) {
+        p.sent(frame.tag);
+        self.statements.rewrite(frame, &mut server.prepared, pipeline, to_server);
     }
 
     async fn server_lost(&mut self, server: &mut Server, why: String) -> anyhow::Error {
@@ -281,12 +293,14 @@ impl Session {
     }
 }
 
-/// Counts what a buffered request asks of the server.
-fn account(p: &mut Progress, request: &[u8]) {
-    let mut rest = request;
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        p.sent(rest[0]);
-        rest = rest.get(len + 1..).unwrap_or(&[]);
-    }
+/// Splits a buffer of whole client messages back into frames.
+fn split_frames(mut buf: BytesMut) -> impl Iterator<Item = Frame> {
+    std::iter::from_fn(move || {
+        if buf.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        let data = buf.split_to((len + 1).min(buf.len()));
+        Some(Frame { tag: data[0], data })
+    })
 }

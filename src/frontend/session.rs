@@ -3,6 +3,7 @@
 
 use super::auth::{self, AuthUser};
 use super::cancel::{CancelSlot, CancelTarget};
+use super::statements::ClientStatements;
 use crate::backend::pool::{touch, Manager, PoolEntry, PoolKey};
 use crate::backend::{BackendError, ConnectSpec};
 use crate::config::PoolMode;
@@ -29,6 +30,7 @@ pub(super) struct Session {
     pub cancel: CancelSlot,
     /// Bytes queued for the client, written in batches.
     pub out: BytesMut,
+    pub statements: ClientStatements,
 }
 
 pub async fn run(
@@ -78,6 +80,7 @@ pub async fn run(
         database: database.clone(),
         tls: shared.config.server_tls,
         connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
+        prepared_capacity: shared.config.pool.prepared_statements_per_server,
     });
     let replayed: Vec<(String, String)> = params
         .into_iter()
@@ -92,6 +95,7 @@ pub async fn run(
         params: replayed,
         cancel,
         out: BytesMut::new(),
+        statements: ClientStatements::default(),
     };
     let result = async {
         let server = session.login(pid, secret).await?;
@@ -173,6 +177,7 @@ impl Session {
             // Session mode hands a connection to an unrelated client next.
             if server.run_internal("DISCARD ALL").await.is_ok() {
                 server.applied.clear();
+                server.prepared.clear();
             }
         }
         if server.broken {

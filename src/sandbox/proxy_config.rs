@@ -3,7 +3,12 @@
 
 use super::PgCluster;
 
-pub fn proxy_config_yaml(cluster: &PgCluster, port: u16, admin_port: Option<u16>, pool_mode: &str) -> String {
+pub fn proxy_config_yaml(
+    cluster: &PgCluster,
+    port: u16,
+    admin_port: Option<u16>,
+    pool_mode: &str,
+) -> String {
     let mut y = format!("listen: 127.0.0.1:{port}\n");
     if let Some(a) = admin_port {
         y.push_str(&format!("admin_listen: 127.0.0.1:{a}\n"));

@@ -1,0 +1,124 @@
+//! What the attached server still owes the client, message by message, so the proxy can
+//! drop a Parse the server already has (answering ParseComplete itself) or slip in a
+//! re-prepare (hiding its answer) without the client seeing any difference.
+
+use crate::backend::prepared::PreparedSet;
+use bytes::{BufMut, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub enum Expect {
+    /// ParseComplete; `name` is the server-side statement being created.
+    Parse { name: Option<Arc<str>>, hide: bool },
+    Bind,
+    /// ParameterDescription then RowDescription/NoData.
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close { hide: bool },
+    Sync,
+    Query,
+    FunctionCall,
+    /// A reply the proxy produces itself, in order (ParseComplete or CloseComplete).
+    Inject(u8),
+}
+
+#[derive(Default)]
+pub struct Pipeline {
+    q: VecDeque<Expect>,
+}
+
+fn put_empty(out: &mut BytesMut, tag: u8) {
+    out.put_u8(tag);
+    out.put_u32(4);
+}
+
+impl Pipeline {
+    pub fn push(&mut self, e: Expect) {
+        self.q.push_back(e);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    fn flush_injects(&mut self, out: &mut BytesMut) {
+        while let Some(Expect::Inject(tag)) = self.q.front() {
+            put_empty(out, *tag);
+            self.q.pop_front();
+        }
+    }
+
+    /// Emits replies the proxy owes before anything else arrives (e.g. a dropped
+    /// Parse followed by a Flush).
+    pub fn drain_leading_injects(&mut self, out: &mut BytesMut) {
+        self.flush_injects(out);
+    }
+
+    /// Accounts for one server message; returns false when the client must not see it.
+    pub fn on_server(&mut self, tag: u8, body: &[u8], prepared: &mut PreparedSet, out: &mut BytesMut) -> bool {
+        // Asynchronous messages may come at any point.
+        if matches!(tag, b'N' | b'S' | b'A') {
+            return true;
+        }
+        self.flush_injects(out);
+        if tag == b'C' && (body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL")) {
+            prepared.clear();
+        }
+        let forward = match (self.q.front(), tag) {
+            (Some(Expect::Parse { hide, .. }), b'1') => {
+                let hide = *hide;
+                self.q.pop_front();
+                !hide
+            }
+            (Some(Expect::Bind), b'2')
+            | (Some(Expect::DescribeStatement | Expect::DescribePortal), b'T' | b'n')
+            | (Some(Expect::Execute), b'C' | b'I' | b's')
+            | (Some(Expect::Sync | Expect::Query | Expect::FunctionCall), b'Z') => {
+                self.q.pop_front();
+                true
+            }
+            (Some(Expect::Close { hide }), b'3') => {
+                let hide = *hide;
+                self.q.pop_front();
+                !hide
+            }
+            (Some(Expect::Query | Expect::FunctionCall), b'E') => true,
+            (_, b'E') => {
+                // The server skips everything up to the next Sync after an error in an
+                // extended batch; so do the expectations, including replies we owed.
+                while let Some(e) = self.q.front() {
+                    match e {
+                        Expect::Sync | Expect::Query | Expect::FunctionCall => break,
+                        Expect::Parse { name: Some(n), .. } => {
+                            prepared.remove(n);
+                            self.q.pop_front();
+                        }
+                        _ => {
+                            self.q.pop_front();
+                        }
+                    }
+                }
+                true
+            }
+            (Some(Expect::Sync | Expect::Query | Expect::FunctionCall), _) => true,
+            (_, b'Z') => {
+                // Out of step (should not happen): resynchronise on this Sync.
+                while let Some(e) = self.q.pop_front() {
+                    if matches!(e, Expect::Sync | Expect::Query | Expect::FunctionCall) {
+                        break;
+                    }
+                }
+                true
+            }
+            _ => true,
+        };
+        forward
+    }
+
+    /// Replies owed right after a server message go out right behind it.
+    pub fn after_server(&mut self, out: &mut BytesMut) {
+        self.flush_injects(out);
+    }
+}
