@@ -47,16 +47,26 @@ impl Proxy {
                 (u.name.clone(), UserEntry { user: u, verifier })
             })
             .collect();
-        let tls = config.tls.as_ref().map(crate::frontend::tls::acceptor).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::frontend::tls::acceptor)
+            .transpose()?;
         let pools = Pools::new(PoolSettings {
             size: config.pool.size,
             checkout_timeout: Duration::from_millis(config.pool.checkout_timeout_ms),
             idle_check: Duration::from_millis(config.pool.idle_check_ms),
         });
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
         let admin = match config.admin_listen {
-            Some(a) => Some(TcpListener::bind(a).await.map_err(|e| anyhow::anyhow!("admin_listen {a}: {e}"))?),
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("admin_listen {a}: {e}"))?,
+            ),
             None => None,
         };
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -69,12 +79,21 @@ impl Proxy {
             tls,
         });
         let (shutdown, rx) = watch::channel(false);
-        tokio::spawn(crate::frontend::listener::serve(listener, shared.clone(), rx.clone()));
+        tokio::spawn(crate::frontend::listener::serve(
+            listener,
+            shared.clone(),
+            rx.clone(),
+        ));
         if let Some(l) = admin {
             tokio::spawn(crate::admin::http::serve(l, metrics, rx));
         }
         tracing::info!(%addr, "pgwarden listening");
-        Ok(Proxy { addr, admin_addr, shared, shutdown })
+        Ok(Proxy {
+            addr,
+            admin_addr,
+            shared,
+            shutdown,
+        })
     }
 
     /// Stops accepting; clients already connected finish on their own.

@@ -23,7 +23,10 @@ async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
         }
     })
     .await;
-    assert!(res.is_ok(), "proxy did not close the connection; got {out:?}");
+    assert!(
+        res.is_ok(),
+        "proxy did not close the connection; got {out:?}"
+    );
     out
 }
 
@@ -64,7 +67,10 @@ fn error_code(reply: &[u8]) -> Option<String> {
 
 async fn still_serves(env: &common::Env) {
     let c = env.connect().await;
-    let row = c.query_one("select 41 + 1", &[]).await.expect("query after bad input");
+    let row = c
+        .query_one("select 41 + 1", &[])
+        .await
+        .expect("query after bad input");
     assert_eq!(row.get::<_, i32>(0), 42);
 }
 
@@ -72,11 +78,20 @@ async fn still_serves(env: &common::Env) {
 async fn scram_login_and_wrong_password() {
     let env = start(Setup::default()).await;
     still_serves(&env).await;
-    let e = env.connect_as("app", "wrong", "app").await.err().expect("wrong password fails");
+    let e = env
+        .connect_as("app", "wrong", "app")
+        .await
+        .expect_err("wrong password fails");
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
-    let e = env.connect_as("nosuchuser", "x", "app").await.err().expect("unknown user fails");
+    let e = env
+        .connect_as("nosuchuser", "x", "app")
+        .await
+        .expect_err("unknown user fails");
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
-    let e = env.connect_as("app", "app", "nosuchdb").await.err().expect("unknown database fails");
+    let e = env
+        .connect_as("app", "app", "nosuchdb")
+        .await
+        .expect_err("unknown database fails");
     assert_eq!(sqlstate(&e).as_deref(), Some("3D000"), "{e}");
     still_serves(&env).await;
 }
@@ -89,25 +104,37 @@ async fn md5_client_auth_and_md5_server_role() {
     })
     .await;
     still_serves(&env).await;
-    let e = env.connect_as("app", "nope", "app").await.err().expect("wrong md5 password fails");
+    let e = env
+        .connect_as("app", "nope", "app")
+        .await
+        .expect_err("wrong md5 password fails");
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
     // md5user's password is stored as md5 on the server, so the proxy answers the
     // server's md5 challenge.
-    let c = env.connect_as("md5user", "md5pw", "app").await.expect("md5user logs in");
-    let who: String = c.query_one("select current_user::text", &[]).await.unwrap().get(0);
+    let c = env
+        .connect_as("md5user", "md5pw", "app")
+        .await
+        .expect("md5user logs in");
+    let who: String = c
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(who, "md5user");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_login_with_scram() {
     let env = start(Setup::default()).await;
-    let (ok, out, err) = common::run_cmd(
-        common::psql(&env.dsn("app", "app", "app"))
-            .args(["-At", "-c", "select current_user, current_database()"]),
-    );
+    let (ok, out, err) = common::run_cmd(common::psql(&env.dsn("app", "app", "app")).args([
+        "-At",
+        "-c",
+        "select current_user, current_database()",
+    ]));
     assert!(ok, "psql failed: {err}");
     assert_eq!(out.trim(), "app|app");
-    let (ok, _, err) = common::run_cmd(common::psql(&env.dsn("app", "bad", "app")).args(["-c", "select 1"]));
+    let (ok, _, err) =
+        common::run_cmd(common::psql(&env.dsn("app", "bad", "app")).args(["-c", "select 1"]));
     assert!(!ok);
     assert!(err.contains("password authentication failed"), "{err}");
 }
@@ -118,17 +145,42 @@ async fn tls_on_the_client_side() {
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let (ok, _, err) = common::run_cmd(std::process::Command::new("openssl").args([
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-        "-subj", "/CN=localhost", "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(),
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
     ]));
     assert!(ok, "openssl: {err}");
     let env = start(Setup {
-        extra_yaml: format!("tls:\n  cert: {}\n  key: {}\n", cert.display(), key.display()),
+        extra_yaml: format!(
+            "tls:\n  cert: {}\n  key: {}\n",
+            cert.display(),
+            key.display()
+        ),
         ..Default::default()
     })
     .await;
-    let dsn = format!("postgres://app:app@127.0.0.1:{}/app?sslmode=require", env.port());
-    let (ok, out, err) = common::run_cmd(common::psql(&dsn).args(["-c", "\\conninfo", "-c", "select 'over tls' as x"]));
+    let dsn = format!(
+        "postgres://app:app@127.0.0.1:{}/app?sslmode=require",
+        env.port()
+    );
+    let (ok, out, err) = common::run_cmd(common::psql(&dsn).args([
+        "-c",
+        "\\conninfo",
+        "-c",
+        "select 'over tls' as x",
+    ]));
     assert!(ok, "psql over TLS failed: {err}");
     assert!(out.contains("SSL connection"), "not encrypted: {out}");
     assert!(out.contains("over tls"), "{out}");
@@ -139,16 +191,24 @@ async fn tls_on_the_client_side() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tls_config_sslrequest_gets_n() {
     let env = start(Setup::default()).await;
-    let dsn = format!("postgres://app:app@127.0.0.1:{}/app?sslmode=prefer", env.port());
+    let dsn = format!(
+        "postgres://app:app@127.0.0.1:{}/app?sslmode=prefer",
+        env.port()
+    );
     let (ok, out, err) = common::run_cmd(common::psql(&dsn).args(["-At", "-c", "select 7"]));
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "7");
-    let dsn = format!("postgres://app:app@127.0.0.1:{}/app?sslmode=require", env.port());
+    let dsn = format!(
+        "postgres://app:app@127.0.0.1:{}/app?sslmode=require",
+        env.port()
+    );
     let (ok, _, err) = common::run_cmd(common::psql(&dsn).args(["-c", "select 1"]));
     assert!(!ok && err.contains("SSL"), "{err}");
     // GSSENCRequest is answered 'N' so a gssencmode=prefer client falls back.
     let mut s = TcpStream::connect(env.proxy.addr).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap();
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"N");
@@ -159,33 +219,48 @@ async fn garbage_and_bad_startup_packets() {
     let env = start(Setup::default()).await;
     // An HTTP request: its first four bytes read as a huge length.
     let mut s = TcpStream::connect(env.proxy.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let reply = read_until_closed(&mut s).await;
     assert_eq!(error_code(&reply).as_deref(), Some("08P01"), "{reply:?}");
 
     // A startup length of 2 GiB is refused before anything is allocated.
     let mut s = TcpStream::connect(env.proxy.addr).await.unwrap();
-    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0])
+        .await
+        .unwrap();
     let reply = read_until_closed(&mut s).await;
     assert_eq!(error_code(&reply).as_deref(), Some("08P01"), "{reply:?}");
 
     // Protocol 2.0 is not spoken.
     let mut s = TcpStream::connect(env.proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(&[("user", "app")], 2 << 16)).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "app")], 2 << 16))
+        .await
+        .unwrap();
     let reply = read_until_closed(&mut s).await;
     assert_eq!(error_code(&reply).as_deref(), Some("0A000"), "{reply:?}");
     assert!(String::from_utf8_lossy(&reply).contains("unsupported frontend protocol"));
 
     // No user name.
     let mut s = TcpStream::connect(env.proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(&[("database", "app")], 3 << 16)).await.unwrap();
+    s.write_all(&startup_packet(&[("database", "app")], 3 << 16))
+        .await
+        .unwrap();
     let reply = read_until_closed(&mut s).await;
     assert_eq!(error_code(&reply).as_deref(), Some("28000"), "{reply:?}");
 
     // Random bytes after a valid startup, where a password message should be.
     let mut s = TcpStream::connect(env.proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(&[("user", "app"), ("database", "app")], 3 << 16)).await.unwrap();
-    s.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7]).await.unwrap();
+    s.write_all(&startup_packet(
+        &[("user", "app"), ("database", "app")],
+        3 << 16,
+    ))
+    .await
+    .unwrap();
+    s.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7])
+        .await
+        .unwrap();
     let _ = read_until_closed(&mut s).await;
 
     still_serves(&env).await;
@@ -194,7 +269,12 @@ async fn garbage_and_bad_startup_packets() {
 /// Logs in with trust auth over a raw socket and returns it after ReadyForQuery.
 async fn raw_login(env: &common::Env) -> TcpStream {
     let mut s = TcpStream::connect(env.proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(&[("user", "app"), ("database", "app")], 3 << 16)).await.unwrap();
+    s.write_all(&startup_packet(
+        &[("user", "app"), ("database", "app")],
+        3 << 16,
+    ))
+    .await
+    .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -224,7 +304,9 @@ async fn oversized_and_invalid_messages_after_login() {
 
     // A Query claiming 2 GiB: refused with 54000 instead of buffering it.
     let mut s = raw_login(&env).await;
-    s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff, b's']).await.unwrap();
+    s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff, b's'])
+        .await
+        .unwrap();
     let reply = read_until_closed(&mut s).await;
     assert_eq!(error_code(&reply).as_deref(), Some("54000"), "{reply:?}");
 
@@ -251,10 +333,16 @@ async fn oversized_and_invalid_messages_after_login() {
 
     // A client that vanishes half way through a message.
     let mut s = raw_login(&env).await;
-    s.write_all(&[b'Q', 0, 0, 0, 100, b's', b'e']).await.unwrap();
+    s.write_all(&[b'Q', 0, 0, 0, 100, b's', b'e'])
+        .await
+        .unwrap();
     drop(s);
 
-    let n: i64 = bystander.query_one("select count(*) from pg_class", &[]).await.unwrap().get(0);
+    let n: i64 = bystander
+        .query_one("select count(*) from pg_class", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(n > 0);
     still_serves(&env).await;
 }
@@ -269,7 +357,13 @@ async fn silent_client_is_dropped_after_startup_timeout() {
     let mut silent = TcpStream::connect(env.proxy.addr).await.unwrap();
     // A client that starts SCRAM and then stalls is dropped too.
     let mut stalled = TcpStream::connect(env.proxy.addr).await.unwrap();
-    stalled.write_all(&startup_packet(&[("user", "app"), ("database", "app")], 3 << 16)).await.unwrap();
+    stalled
+        .write_all(&startup_packet(
+            &[("user", "app"), ("database", "app")],
+            3 << 16,
+        ))
+        .await
+        .unwrap();
     still_serves(&env).await;
     read_until_closed(&mut silent).await;
     read_until_closed(&mut stalled).await;
@@ -290,13 +384,23 @@ async fn pool_exhaustion_gives_53300_then_recovers() {
     holder.batch_execute("begin; select 1").await.unwrap();
     // The only server connection is held by an open transaction.
     let waiter = env.connect().await;
-    let e = waiter.simple_query("select 1").await.err().expect("no server connection free");
+    let e = waiter
+        .simple_query("select 1")
+        .await
+        .expect_err("no server connection free");
     assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
     // Extended protocol gets the same error and the session stays usable.
-    let e = waiter.query("select $1::int", &[&1i32]).await.err().expect("still none free");
+    let e = waiter
+        .query("select $1::int", &[&1i32])
+        .await
+        .expect_err("still none free");
     assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
     holder.batch_execute("commit").await.unwrap();
-    let v: i32 = waiter.query_one("select $1::int", &[&5i32]).await.unwrap().get(0);
+    let v: i32 = waiter
+        .query_one("select $1::int", &[&5i32])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(v, 5);
 }
 
@@ -309,7 +413,10 @@ async fn client_limit_gives_53300() {
     .await;
     let a = env.connect().await;
     let b = env.connect().await;
-    let e = env.connect_as("app", "app", "app").await.err().expect("third client refused");
+    let e = env
+        .connect_as("app", "app", "app")
+        .await
+        .expect_err("third client refused");
     assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
     drop(a);
     // The slot frees once the proxy notices the first client left.
@@ -328,7 +435,9 @@ async fn server_connection_killed_between_transactions_is_replaced() {
     c.simple_query("select 1").await.unwrap();
     let direct = env.direct().await;
     direct
-        .simple_query("select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app'")
+        .simple_query(
+            "select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app'",
+        )
         .await
         .unwrap();
     // The pooled connection is dead; the next request gets a fresh one.

@@ -9,9 +9,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     out
 }
 
@@ -34,12 +39,18 @@ async fn metrics_and_healthz() {
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 
     let dsn = format!("postgres://app:app@{}/app", proxy.addr);
-    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     for _ in 0..5 {
         client.simple_query("select 1").await.unwrap();
     }
-    let _ = tokio_postgres::connect(&format!("postgres://app:bad@{}/app", proxy.addr), tokio_postgres::NoTls).await;
+    let _ = tokio_postgres::connect(
+        &format!("postgres://app:bad@{}/app", proxy.addr),
+        tokio_postgres::NoTls,
+    )
+    .await;
     let body = get(admin, "/metrics").await;
     let value = |name: &str| -> f64 {
         body.lines()

@@ -41,7 +41,11 @@ pub(crate) async fn step(
     match auth {
         Authentication::Ok => return Ok(true),
         Authentication::CleartextPassword => {
-            send(io, PasswordMessageFamily::Password(Password::new(password.into()))).await?
+            send(
+                io,
+                PasswordMessageFamily::Password(Password::new(password.into())),
+            )
+            .await?
         }
         Authentication::MD5Password(salt) => {
             let salt: [u8; 4] = salt

@@ -103,7 +103,9 @@ async fn connect_inner(spec: &ConnectSpec) -> Result<ServerConn, BackendError> {
                     let tls = super::tls::connector().connect(name, tcp).await?;
                     Stream::ClientTls(Box::new(tls))
                 }
-                (_, ServerTlsMode::Require) => return Err(BackendError::TlsRefused(spec.node.clone())),
+                (_, ServerTlsMode::Require) => {
+                    return Err(BackendError::TlsRefused(spec.node.clone()))
+                }
                 _ => Stream::Plain(tcp),
             }
         }
@@ -112,8 +114,12 @@ async fn connect_inner(spec: &ConnectSpec) -> Result<ServerConn, BackendError> {
 
     let mut startup = Startup::new();
     startup.parameters.insert("user".into(), spec.user.clone());
-    startup.parameters.insert("database".into(), spec.database.clone());
-    startup.parameters.insert("application_name".into(), "pgwarden".into());
+    startup
+        .parameters
+        .insert("database".into(), spec.database.clone());
+    startup
+        .parameters
+        .insert("application_name".into(), "pgwarden".into());
     let mut buf = BytesMut::new();
     startup
         .encode(&mut buf)
@@ -139,7 +145,14 @@ async fn connect_inner(spec: &ConnectSpec) -> Result<ServerConn, BackendError> {
         let frame = conn.read().await?;
         match frame.tag {
             b'R' => {
-                super::auth::step(&mut conn.io, frame.data, &spec.user, &spec.password, &mut scram).await?;
+                super::auth::step(
+                    &mut conn.io,
+                    frame.data,
+                    &spec.user,
+                    &spec.password,
+                    &mut scram,
+                )
+                .await?;
             }
             b'E' => return Err(server_error(frame)),
             b'S' => conn.note_parameter(frame.body()),
@@ -249,10 +262,9 @@ impl ServerConn {
     /// True if the server sent something unprompted (an error, or closed): such a
     /// connection is not handed out again.
     pub async fn has_unexpected_input(&mut self) -> bool {
-        matches!(
-            tokio::time::timeout(Duration::ZERO, self.io.read_frame()).await,
-            Ok(_)
-        )
+        tokio::time::timeout(Duration::ZERO, self.io.read_frame())
+            .await
+            .is_ok()
     }
 
     /// Brings the connection to the client's startup parameters: SET what differs,
@@ -272,7 +284,11 @@ impl ServerConn {
         }
         for (name, value) in wanted {
             if !self.applied.iter().any(|(n, v)| n == name && v == value) {
-                sql.push_str(&format!("SET {} = {};", quote_ident(name), quote_literal(value)));
+                sql.push_str(&format!(
+                    "SET {} = {};",
+                    quote_ident(name),
+                    quote_literal(value)
+                ));
             }
         }
         let reported = self.run_internal(&sql).await;

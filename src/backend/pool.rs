@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Startup ParameterStatus of the pool's last new connection, shared with logins.
+pub type StartupParams = Arc<Mutex<Option<Vec<(String, String)>>>>;
+
 pub struct Manager {
     spec: ConnectSpec,
     idle_check: Duration,
     /// Startup ParameterStatus of the last connection made, for client logins.
-    startup_params: Arc<Mutex<Option<Vec<(String, String)>>>>,
+    startup_params: StartupParams,
 }
 
 impl managed::Manager for Manager {
@@ -58,7 +61,7 @@ pub struct PoolSettings {
 #[derive(Clone)]
 pub struct PoolEntry {
     pub pool: ServerPool,
-    pub startup_params: Arc<Mutex<Option<Vec<(String, String)>>>>,
+    pub startup_params: StartupParams,
 }
 
 pub struct Pools {

@@ -35,7 +35,11 @@ impl PreparedSet {
     pub fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
         self.tick += 1;
         let evicted = if self.names.len() >= self.capacity && !self.names.contains_key(&name) {
-            let oldest = self.names.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone());
+            let oldest = self
+                .names
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(n, _)| n.clone());
             if let Some(o) = &oldest {
                 self.names.remove(o);
             }

@@ -29,11 +29,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigError> {
     let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::Field {
-            path: if path == "." {
-                "config".into()
-            } else {
-                path
-            },
+            path: if path == "." { "config".into() } else { path },
             message: e.into_inner().to_string(),
         }
     })?;
@@ -53,7 +49,10 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(invalid("pool.size", "must be at least 1"));
     }
     if c.limits.max_client_connections == 0 {
-        return Err(invalid("limits.max_client_connections", "must be at least 1"));
+        return Err(invalid(
+            "limits.max_client_connections",
+            "must be at least 1",
+        ));
     }
     if c.limits.max_message_bytes < 1024 || c.limits.max_message_bytes > 0x3fff_ffff {
         return Err(invalid(
@@ -66,7 +65,10 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     }
     for (i, n) in c.nodes.iter().enumerate() {
         if n.name.is_empty() || n.host.is_empty() {
-            return Err(invalid(&format!("nodes[{i}]"), "name and host are required"));
+            return Err(invalid(
+                &format!("nodes[{i}]"),
+                "name and host are required",
+            ));
         }
     }
     if c.users.is_empty() {
@@ -84,11 +86,14 @@ fn secret(
     env: &Option<String>,
 ) -> Result<Option<String>, ConfigError> {
     match (value, env) {
-        (Some(_), Some(_)) => Err(invalid(path, "set either the password or its _env, not both")),
+        (Some(_), Some(_)) => Err(invalid(
+            path,
+            "set either the password or its _env, not both",
+        )),
         (Some(v), None) => Ok(Some(v.clone())),
-        (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
-            invalid(path, &format!("environment variable {var} is not set"))
-        }),
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| invalid(path, &format!("environment variable {var} is not set"))),
         (None, None) => Ok(None),
     }
 }
@@ -106,7 +111,12 @@ pub(crate) fn resolve_user(c: &Config, i: usize) -> Result<ResolvedUser, ConfigE
     let password = match password {
         Some(p) => p,
         None if c.auth.method == super::AuthMethod::Trust => String::new(),
-        None => return Err(invalid(&format!("{path}.password"), "required unless auth.method is trust")),
+        None => {
+            return Err(invalid(
+                &format!("{path}.password"),
+                "required unless auth.method is trust",
+            ))
+        }
     };
     Ok(ResolvedUser {
         name: u.name.clone(),
@@ -119,7 +129,9 @@ pub(crate) fn resolve_user(c: &Config, i: usize) -> Result<ResolvedUser, ConfigE
 impl Config {
     /// Every user with secrets resolved; only valid configs reach here.
     pub fn resolved_users(&self) -> Result<Vec<ResolvedUser>, ConfigError> {
-        (0..self.users.len()).map(|i| resolve_user(self, i)).collect()
+        (0..self.users.len())
+            .map(|i| resolve_user(self, i))
+            .collect()
     }
 
     pub fn primary(&self) -> &super::Node {
@@ -167,6 +179,19 @@ mod tests {
     fn debug_output_hides_passwords() {
         let c = load_str(BASE).unwrap();
         let s = format!("{:?}", c.users[0]);
-        assert!(!s.contains("password: Some(\"app\")") && s.contains("redacted"), "{s}");
+        assert!(
+            !s.contains("password: Some(\"app\")") && s.contains("redacted"),
+            "{s}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod shipped_config {
+    #[test]
+    fn the_documented_config_yaml_loads() {
+        let c = super::load_str(include_str!("../../config.yaml")).expect("config.yaml is valid");
+        assert_eq!(c.listen.port(), 6432);
+        assert_eq!(c.pool.size, 20);
     }
 }

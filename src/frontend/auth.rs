@@ -36,7 +36,9 @@ fn protocol(msg: &str) -> AuthFailure {
 async fn send(io: &mut FramedStream, a: Authentication) -> Result<(), AuthFailure> {
     let mut b = BytesMut::new();
     messages::auth(&mut b, &a);
-    io.write_all(&b).await.map_err(|e| protocol(&e.to_string()))?;
+    io.write_all(&b)
+        .await
+        .map_err(|e| protocol(&e.to_string()))?;
     io.flush().await.map_err(|e| protocol(&e.to_string()))
 }
 
@@ -75,9 +77,18 @@ fn sasl_initial(body: &[u8]) -> Option<(&str, &[u8])> {
 }
 
 /// Runs the configured method; `Ok` means the client may proceed.
-pub async fn authenticate(io: &mut FramedStream, method: AuthMethod, user: Option<AuthUser<'_>>, name: &str) -> Result<(), AuthFailure> {
+pub async fn authenticate(
+    io: &mut FramedStream,
+    method: AuthMethod,
+    user: Option<AuthUser<'_>>,
+    name: &str,
+) -> Result<(), AuthFailure> {
     if method == AuthMethod::Trust {
-        return if user.is_some() { Ok(()) } else { Err(failed(name)) };
+        return if user.is_some() {
+            Ok(())
+        } else {
+            Err(failed(name))
+        };
     }
     let Some(user) = user else {
         // Unknown users still go through a password prompt so the answer does not
@@ -92,7 +103,11 @@ pub async fn authenticate(io: &mut FramedStream, method: AuthMethod, user: Optio
             send(io, Authentication::MD5Password(salt.to_vec())).await?;
             let body = password_message(io).await?;
             let given = body.strip_suffix(&[0]).unwrap_or(&body);
-            let want = postgres_protocol::authentication::md5_hash(user.name.as_bytes(), user.password.as_bytes(), salt);
+            let want = postgres_protocol::authentication::md5_hash(
+                user.name.as_bytes(),
+                user.password.as_bytes(),
+                salt,
+            );
             if given == want.as_bytes() {
                 Ok(())
             } else {
@@ -102,12 +117,21 @@ pub async fn authenticate(io: &mut FramedStream, method: AuthMethod, user: Optio
         AuthMethod::ScramSha256 => {
             send(io, Authentication::SASL(vec!["SCRAM-SHA-256".into()])).await?;
             let body = password_message(io).await?;
-            let (mech, first) = sasl_initial(&body).ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
+            let (mech, first) =
+                sasl_initial(&body).ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
             if mech != "SCRAM-SHA-256" {
-                return Err(protocol("client selected an invalid SASL authentication mechanism"));
+                return Err(protocol(
+                    "client selected an invalid SASL authentication mechanism",
+                ));
             }
             let ex = scram::server_first(first, user.verifier).map_err(protocol)?;
-            send(io, Authentication::SASLContinue(Bytes::copy_from_slice(ex.server_first_message().as_bytes()))).await?;
+            send(
+                io,
+                Authentication::SASLContinue(Bytes::copy_from_slice(
+                    ex.server_first_message().as_bytes(),
+                )),
+            )
+            .await?;
             let body = password_message(io).await?;
             match ex.verify(&body, user.verifier) {
                 Ok(fin) => send(io, Authentication::SASLFinal(Bytes::from(fin.into_bytes()))).await,

@@ -57,7 +57,9 @@ impl CancelRegistry {
         };
         match tokio::net::TcpStream::connect(t.addr).await {
             Ok(mut s) => {
-                let _ = s.write_all(&messages::cancel_request(t.pid, t.secret)).await;
+                let _ = s
+                    .write_all(&messages::cancel_request(t.pid, t.secret))
+                    .await;
                 metrics::counter!("pgwarden_cancel_requests_total").increment(1);
             }
             Err(e) => tracing::warn!(addr = %t.addr, error = %e, "cannot forward cancel request"),

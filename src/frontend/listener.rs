@@ -1,14 +1,18 @@
 //! Accepts clients, enforces the client limit, and runs each client in its own task.
 
 use super::startup::{self, Initial, StartupError};
-use crate::proxy::Shared;
 use crate::protocol::sqlstate;
+use crate::proxy::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -35,17 +39,22 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
 async fn handle(tcp: TcpStream, shared: &Arc<Shared>) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_millis(shared.config.limits.startup_timeout_ms);
-    let initial = match tokio::time::timeout(timeout, startup::negotiate(tcp, shared.tls.as_ref())).await {
-        Err(_) => anyhow::bail!("startup timed out"),
-        Ok(Err(StartupError::Fatal { stream, code, message })) => {
-            if let Some(mut s) = stream {
-                startup::refuse(&mut s, code, &message).await;
+    let initial =
+        match tokio::time::timeout(timeout, startup::negotiate(tcp, shared.tls.as_ref())).await {
+            Err(_) => anyhow::bail!("startup timed out"),
+            Ok(Err(StartupError::Fatal {
+                stream,
+                code,
+                message,
+            })) => {
+                if let Some(mut s) = stream {
+                    startup::refuse(&mut s, code, &message).await;
+                }
+                anyhow::bail!("startup refused: {message}");
             }
-            anyhow::bail!("startup refused: {message}");
-        }
-        Ok(Err(StartupError::Io(e))) => return Err(e.into()),
-        Ok(Ok(i)) => i,
-    };
+            Ok(Err(StartupError::Io(e))) => return Err(e.into()),
+            Ok(Ok(i)) => i,
+        };
     match initial {
         Initial::Cancel { pid, secret } => {
             shared.cancels.cancel(pid, secret).await;
@@ -54,7 +63,12 @@ async fn handle(tcp: TcpStream, shared: &Arc<Shared>) -> anyhow::Result<()> {
         Initial::Startup { mut stream, params } => {
             // Cancel requests above do not count against the client limit.
             let Ok(permit) = shared.client_slots.clone().try_acquire_owned() else {
-                startup::refuse(&mut stream, sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already").await;
+                startup::refuse(
+                    &mut stream,
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "sorry, too many clients already",
+                )
+                .await;
                 metrics::counter!("pgwarden_clients_refused_total").increment(1);
                 anyhow::bail!("client limit reached");
             };

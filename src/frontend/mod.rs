@@ -3,9 +3,9 @@
 
 pub mod auth;
 pub mod cancel;
-mod relay;
 pub mod listener;
 pub mod pipeline;
+mod relay;
 pub mod scram;
 pub mod session;
 pub mod startup;

@@ -10,13 +10,18 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum Expect {
     /// ParseComplete; `name` is the server-side statement being created.
-    Parse { name: Option<Arc<str>>, hide: bool },
+    Parse {
+        name: Option<Arc<str>>,
+        hide: bool,
+    },
     Bind,
     /// ParameterDescription then RowDescription/NoData.
     DescribeStatement,
     DescribePortal,
     Execute,
-    Close { hide: bool },
+    Close {
+        hide: bool,
+    },
     Sync,
     Query,
     FunctionCall,
@@ -57,13 +62,20 @@ impl Pipeline {
     }
 
     /// Accounts for one server message; returns false when the client must not see it.
-    pub fn on_server(&mut self, tag: u8, body: &[u8], prepared: &mut PreparedSet, out: &mut BytesMut) -> bool {
+    pub fn on_server(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        prepared: &mut PreparedSet,
+        out: &mut BytesMut,
+    ) -> bool {
         // Asynchronous messages may come at any point.
         if matches!(tag, b'N' | b'S' | b'A') {
             return true;
         }
         self.flush_injects(out);
-        if tag == b'C' && (body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL")) {
+        if tag == b'C' && (body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL"))
+        {
             prepared.clear();
         }
         let forward = match (self.q.front(), tag) {

@@ -124,7 +124,9 @@ impl Session {
             }
             request.unsplit(frame.data);
             // A client streaming Parse/Bind without Sync is bounded like one message.
-            if !completes_request(tag) && request.len() < self.shared.config.limits.max_message_bytes {
+            if !completes_request(tag)
+                && request.len() < self.shared.config.limits.max_message_bytes
+            {
                 continue;
             }
             self.client.shrink_if_idle();
@@ -150,7 +152,9 @@ impl Session {
 
     async fn protocol_violation(&mut self, tag: u8) -> anyhow::Error {
         let msg = format!("invalid frontend message type {tag}");
-        let _ = self.send_error("FATAL", sqlstate::PROTOCOL_VIOLATION, &msg, false).await;
+        let _ = self
+            .send_error("FATAL", sqlstate::PROTOCOL_VIOLATION, &msg, false)
+            .await;
         anyhow::anyhow!(msg)
     }
 
@@ -181,7 +185,11 @@ impl Session {
     }
 
     /// Transaction mode: relay until the server is idle, then give it back.
-    async fn attached_until_idle(&mut self, mut server: Server, request: BytesMut) -> anyhow::Result<Flow> {
+    async fn attached_until_idle(
+        &mut self,
+        mut server: Server,
+        request: BytesMut,
+    ) -> anyhow::Result<Flow> {
         let mut progress = Progress::new();
         let flow = self.relay(&mut server, &mut progress, request, false).await;
         match flow {
@@ -193,20 +201,28 @@ impl Session {
 
     /// Leaves a server the client no longer uses in a reusable state, or discards it.
     async fn finish(&mut self, mut server: Server, progress: &Progress) {
-        if !progress.quiet() {
-            server.broken = true;
-        } else if progress.status() != b'I' && !server.broken && server.run_internal("ROLLBACK").await.is_err() {
+        // Mid-request the server's state is unknown; an open transaction is rolled back.
+        let reusable = progress.quiet()
+            && (progress.status() == b'I'
+                || (!server.broken && server.run_internal("ROLLBACK").await.is_ok()));
+        if !reusable {
             server.broken = true;
         }
         let reset = self.mode == PoolMode::Session;
         self.release(server, reset).await;
     }
 
-    async fn relay(&mut self, server: &mut Server, p: &mut Progress, first: BytesMut, hold: bool) -> anyhow::Result<Flow> {
+    async fn relay(
+        &mut self,
+        server: &mut Server,
+        p: &mut Progress,
+        first: BytesMut,
+        hold: bool,
+    ) -> anyhow::Result<Flow> {
         let mut pipeline = Pipeline::default();
         let mut to_server = BytesMut::new();
         for frame in split_frames(first) {
-            self.to_server(frame, server, p, &mut pipeline, &mut to_server);
+            self.forward(frame, server, p, &mut pipeline, &mut to_server);
         }
         loop {
             if !to_server.is_empty() {
@@ -267,7 +283,7 @@ impl Session {
                         if completes_request(frame.tag) {
                             metrics::counter!("pgwarden_queries_total").increment(1);
                         }
-                        self.to_server(frame, server, p, &mut pipeline, &mut to_server);
+                        self.forward(frame, server, p, &mut pipeline, &mut to_server);
                         if to_server.len() >= HIGH_WATER || !self.client.has_buffered_frame() {
                             break;
                         }
@@ -278,9 +294,17 @@ impl Session {
         }
     }
 
-    fn to_server(&mut self, frame: Frame, server: &mut Server, p: &mut Progress, pipeline: &mut Pipeline, to_server: &mut BytesMut) {
+    fn forward(
+        &mut self,
+        frame: Frame,
+        server: &mut Server,
+        p: &mut Progress,
+        pipeline: &mut Pipeline,
+        to_server: &mut BytesMut,
+    ) {
         p.sent(frame.tag);
-        self.statements.rewrite(frame, &mut server.prepared, pipeline, to_server);
+        self.statements
+            .rewrite(frame, &mut server.prepared, pipeline, to_server);
     }
 
     async fn server_lost(&mut self, server: &mut Server, why: String) -> anyhow::Error {
@@ -288,7 +312,9 @@ impl Session {
         tracing::warn!(node = %server.node, error = %why, "server connection lost");
         let _ = self.flush_out().await;
         let msg = format!("server connection lost: {why}");
-        let _ = self.send_error("FATAL", sqlstate::CONNECTION_FAILURE, &msg, false).await;
+        let _ = self
+            .send_error("FATAL", sqlstate::CONNECTION_FAILURE, &msg, false)
+            .await;
         anyhow::anyhow!(msg)
     }
 }

@@ -17,8 +17,10 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn from_password(password: &str) -> Verifier {
-        Self::parse(&postgres_protocol::password::scram_sha_256(password.as_bytes()))
-            .expect("postgres-protocol produces a well-formed verifier")
+        Self::parse(&postgres_protocol::password::scram_sha_256(
+            password.as_bytes(),
+        ))
+        .expect("postgres-protocol produces a well-formed verifier")
     }
 
     /// Parses `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
@@ -42,8 +44,9 @@ fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-fn attr<'a>(msg: &'a str, name: char) -> Option<&'a str> {
-    msg.split(',').find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+fn attr(msg: &str, name: char) -> Option<&str> {
+    msg.split(',')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// State between the server-first and client-final messages.
@@ -57,8 +60,12 @@ pub struct Exchange {
 /// Handles client-first; returns the state and the server-first message.
 pub fn server_first(client_first: &[u8], v: &Verifier) -> Result<Exchange, &'static str> {
     let msg = std::str::from_utf8(client_first).map_err(|_| "SCRAM message is not UTF-8")?;
-    let (cbind, rest) = msg.split_once(',').ok_or("malformed SCRAM client-first message")?;
-    let (_authzid, bare) = rest.split_once(',').ok_or("malformed SCRAM client-first message")?;
+    let (cbind, rest) = msg
+        .split_once(',')
+        .ok_or("malformed SCRAM client-first message")?;
+    let (_authzid, bare) = rest
+        .split_once(',')
+        .ok_or("malformed SCRAM client-first message")?;
     if cbind.starts_with('p') {
         return Err("SCRAM channel binding is not supported");
     }
@@ -66,7 +73,11 @@ pub fn server_first(client_first: &[u8], v: &Verifier) -> Result<Exchange, &'sta
         return Err("malformed SCRAM GS2 header");
     }
     let client_nonce = attr(bare, 'r').ok_or("SCRAM client nonce missing")?;
-    if client_nonce.is_empty() || !client_nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+    if client_nonce.is_empty()
+        || !client_nonce
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+    {
         return Err("invalid SCRAM client nonce");
     }
     let nonce = format!("{client_nonce}{}", B64.encode(rand::random::<[u8; 18]>()));
@@ -95,7 +106,10 @@ impl Exchange {
             return Err("SCRAM channel binding mismatch");
         }
         let proof = B64.decode(proof).map_err(|_| "SCRAM proof is not base64")?;
-        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
         let signature = hmac(&v.stored_key, auth_message.as_bytes());
         if proof.len() != signature.len() {
             return Err("wrong password");
@@ -104,7 +118,10 @@ impl Exchange {
         if Sha256::digest(&client_key).as_slice() != v.stored_key.as_slice() {
             return Err("wrong password");
         }
-        Ok(format!("v={}", B64.encode(hmac(&v.server_key, auth_message.as_bytes()))))
+        Ok(format!(
+            "v={}",
+            B64.encode(hmac(&v.server_key, auth_message.as_bytes()))
+        ))
     }
 }
 
@@ -119,7 +136,9 @@ mod tests {
         let ex = server_first(client.message(), &v)?;
         client.update(ex.server_first_message().as_bytes()).unwrap();
         let fin = ex.verify(client.message(), &v)?;
-        client.finish(fin.as_bytes()).map_err(|_| "client rejected server signature")
+        client
+            .finish(fin.as_bytes())
+            .map_err(|_| "client rejected server signature")
     }
 
     #[test]

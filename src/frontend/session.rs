@@ -41,7 +41,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut client = FramedStream::new(stream, shared.config.limits.max_message_bytes);
     let user_name = params.get("user").cloned().unwrap_or_default();
-    let database = params.get("database").cloned().unwrap_or_else(|| user_name.clone());
+    let database = params
+        .get("database")
+        .cloned()
+        .unwrap_or_else(|| user_name.clone());
     let entry = shared.users.get(&user_name);
     let auth_user = entry.map(|e| AuthUser {
         name: &e.user.name,
@@ -50,7 +53,12 @@ pub async fn run(
     });
     let authed = tokio::time::timeout(
         login_timeout,
-        auth::authenticate(&mut client, shared.config.auth.method, auth_user, &user_name),
+        auth::authenticate(
+            &mut client,
+            shared.config.auth.method,
+            auth_user,
+            &user_name,
+        ),
     )
     .await;
     match authed {
@@ -112,7 +120,12 @@ impl Session {
     /// checked out when this pool has never connected (that also surfaces errors such
     /// as an unknown database) or in session mode.
     async fn login(&mut self, pid: i32, secret: i32) -> anyhow::Result<Option<Server>> {
-        let cached = self.pool.startup_params.lock().expect("params lock").clone();
+        let cached = self
+            .pool
+            .startup_params
+            .lock()
+            .expect("params lock")
+            .clone();
         let mut server = None;
         let server_params = match cached {
             Some(p) if self.mode == PoolMode::Transaction => p,
@@ -187,7 +200,13 @@ impl Session {
         touch(&mut server);
     }
 
-    pub(super) async fn send_error(&mut self, severity: &str, code: &str, message: &str, ready: bool) -> std::io::Result<()> {
+    pub(super) async fn send_error(
+        &mut self,
+        severity: &str,
+        code: &str,
+        message: &str,
+        ready: bool,
+    ) -> std::io::Result<()> {
         messages::error(&mut self.out, severity, code, message);
         if ready {
             messages::ready_for_query(&mut self.out, b'I');
@@ -207,8 +226,12 @@ impl Session {
     /// Reports a client framing error the way PostgreSQL would, then gives up.
     pub(super) async fn frame_error(&mut self, e: FrameError) -> anyhow::Error {
         if let FrameError::BadLength { len, limit } = e {
-            let msg = format!("invalid message length {len} (limit {limit}, see limits.max_message_bytes)");
-            let _ = self.send_error("FATAL", sqlstate::PROGRAM_LIMIT_EXCEEDED, &msg, false).await;
+            let msg = format!(
+                "invalid message length {len} (limit {limit}, see limits.max_message_bytes)"
+            );
+            let _ = self
+                .send_error("FATAL", sqlstate::PROGRAM_LIMIT_EXCEEDED, &msg, false)
+                .await;
             return anyhow::anyhow!(msg);
         }
         e.into()
@@ -232,11 +255,19 @@ impl CheckoutError {
                 "no server connection became available within pool.checkout_timeout_ms".into(),
                 None,
             ),
-            CheckoutError::Pool(PoolError::Backend(BackendError::Server { code, message, raw }))
+            CheckoutError::Pool(PoolError::Backend(BackendError::Server {
+                code,
+                message,
+                raw,
+            }))
             | CheckoutError::Params(BackendError::Server { code, message, raw }) => {
                 (code.clone(), message.clone(), Some(raw.clone()))
             }
-            other => (sqlstate::CONNECTION_FAILURE.into(), format!("cannot reach the database server: {other}"), None),
+            other => (
+                sqlstate::CONNECTION_FAILURE.into(),
+                format!("cannot reach the database server: {other}"),
+                None,
+            ),
         }
     }
 }

@@ -104,12 +104,22 @@ async fn startup(mut stream: Stream, mut packet: BytesMut) -> Result<Initial, St
     ctx.awaiting_frontend_ssl = false;
     let msg = match Startup::decode(&mut packet, &ctx) {
         Ok(Some(m)) => m,
-        _ => return Err(fatal(stream, sqlstate::PROTOCOL_VIOLATION, "invalid startup packet layout")),
+        _ => {
+            return Err(fatal(
+                stream,
+                sqlstate::PROTOCOL_VIOLATION,
+                "invalid startup packet layout",
+            ))
+        }
     };
     let mut params = msg.parameters;
     // Protocol options (`_pq_.*`) and minor versions above 0 are declined the way
     // PostgreSQL does it: NegotiateProtocolVersion, then the session goes on at 3.0.
-    let unsupported: Vec<String> = params.keys().filter(|k| k.starts_with("_pq_.")).cloned().collect();
+    let unsupported: Vec<String> = params
+        .keys()
+        .filter(|k| k.starts_with("_pq_."))
+        .cloned()
+        .collect();
     if msg.protocol_number_minor > 0 || !unsupported.is_empty() {
         let mut b = BytesMut::new();
         b.put_u8(b'v');
@@ -133,7 +143,12 @@ async fn startup(mut stream: Stream, mut packet: BytesMut) -> Result<Initial, St
             "no PostgreSQL user name specified in startup packet",
         ));
     }
-    if params.contains_key("replication") && params.get("replication").map(|v| v != "false" && v != "0" && v != "off").unwrap_or(false) {
+    if params.contains_key("replication")
+        && params
+            .get("replication")
+            .map(|v| v != "false" && v != "0" && v != "off")
+            .unwrap_or(false)
+    {
         return Err(fatal(
             stream,
             sqlstate::FEATURE_NOT_SUPPORTED,

@@ -45,14 +45,25 @@ fn server_name_for(body_after_name: &[u8]) -> Arc<str> {
 }
 
 /// Sends the Parse for `stmt` if the server lacks it, hiding its ParseComplete.
-fn ensure(stmt: &Stmt, prepared: &mut PreparedSet, pipeline: &mut Pipeline, to_server: &mut BytesMut) {
+fn ensure(
+    stmt: &Stmt,
+    prepared: &mut PreparedSet,
+    pipeline: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
     if prepared.touch(&stmt.server_name) {
         return;
     }
     add(stmt, prepared, pipeline, to_server, true);
 }
 
-fn add(stmt: &Stmt, prepared: &mut PreparedSet, pipeline: &mut Pipeline, to_server: &mut BytesMut, hide: bool) {
+fn add(
+    stmt: &Stmt,
+    prepared: &mut PreparedSet,
+    pipeline: &mut Pipeline,
+    to_server: &mut BytesMut,
+    hide: bool,
+) {
     if let Some(evicted) = prepared.insert(stmt.server_name.clone()) {
         let mut body = vec![b'S'];
         body.extend_from_slice(evicted.as_bytes());
@@ -78,7 +89,13 @@ impl ClientStatements {
 
     /// Rewrites one client message for the attached server. Malformed messages are
     /// forwarded untouched: the server reports them as PostgreSQL would.
-    pub fn rewrite(&mut self, frame: Frame, prepared: &mut PreparedSet, pipeline: &mut Pipeline, to_server: &mut BytesMut) {
+    pub fn rewrite(
+        &mut self,
+        frame: Frame,
+        prepared: &mut PreparedSet,
+        pipeline: &mut Pipeline,
+        to_server: &mut BytesMut,
+    ) {
         let body = frame.body();
         match frame.tag {
             b'P' => {
@@ -100,7 +117,10 @@ impl ClientStatements {
                         return;
                     }
                 }
-                pipeline.push(Expect::Parse { name: None, hide: false });
+                pipeline.push(Expect::Parse {
+                    name: None,
+                    hide: false,
+                });
             }
             b'B' => {
                 let named = cstr(body).and_then(|(portal, rest)| {

@@ -70,7 +70,8 @@ impl FramedStream {
         if self.rbuf.len() < 5 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+        let len =
+            u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
         if len < 4 || len > self.max_len {
             return Err(FrameError::BadLength {
                 len,
