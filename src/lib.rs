@@ -7,6 +7,8 @@ pub mod config;
 pub mod frontend;
 pub mod protocol;
 pub mod proxy;
+pub mod router;
 pub mod sandbox;
+pub mod topology;
 
 pub use proxy::Proxy;

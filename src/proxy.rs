@@ -4,10 +4,14 @@ use crate::backend::pool::{PoolSettings, Pools};
 use crate::config::{Config, ResolvedUser};
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::scram::Verifier;
+use crate::router::parse_cache::ParseCache;
+use crate::topology::balancer::Balancer;
+use crate::topology::Topology;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -24,6 +28,10 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub client_slots: Arc<Semaphore>,
+    pub parse_cache: ParseCache,
+    /// Published by monitors; sessions only read it.
+    pub topology: Arc<ArcSwap<Topology>>,
+    pub balancer: Balancer,
 }
 
 pub struct Proxy {
@@ -70,7 +78,18 @@ impl Proxy {
             None => None,
         };
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let topology = Arc::new(ArcSwap::from_pointee(Topology::from_config(
+            &config,
+            Instant::now(),
+        )));
+        let monitor_creds = config.monitor_credentials()?;
         let shared = Arc::new(Shared {
+            parse_cache: ParseCache::new(
+                config.routing.parse_cache_size,
+                config.routing.write_functions.clone(),
+            ),
+            topology: topology.clone(),
+            balancer: Balancer::default(),
             client_slots: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             config,
             users,
@@ -79,6 +98,13 @@ impl Proxy {
             tls,
         });
         let (shutdown, rx) = watch::channel(false);
+        crate::topology::health::spawn(
+            topology,
+            shared.config.health.clone(),
+            monitor_creds,
+            shared.config.server_tls,
+            rx.clone(),
+        );
         tokio::spawn(crate::frontend::listener::serve(
             listener,
             shared.clone(),

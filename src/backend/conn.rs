@@ -284,11 +284,9 @@ impl ServerConn {
         }
         for (name, value) in wanted {
             if !self.applied.iter().any(|(n, v)| n == name && v == value) {
-                sql.push_str(&format!(
-                    "SET {} = {};",
-                    quote_ident(name),
-                    quote_literal(value)
-                ));
+                // Values are SQL text: startup values arrive quoted, SET values as
+                // the client wrote them (lists like search_path must stay lists).
+                sql.push_str(&format!("SET {} = {};", quote_ident(name), value));
             }
         }
         let reported = self.run_internal(&sql).await;

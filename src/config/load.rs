@@ -71,12 +71,31 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    let mut names = std::collections::HashSet::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if !names.insert(&n.name) {
+            return Err(invalid(
+                &format!("nodes[{i}].name"),
+                "node names must be unique",
+            ));
+        }
+    }
+    if c.routing.parse_cache_size == 0 {
+        return Err(invalid("routing.parse_cache_size", "must be at least 1"));
+    }
+    if c.health.interval_ms == 0 || c.health.timeout_ms == 0 {
+        return Err(invalid(
+            "health",
+            "interval_ms and timeout_ms must be at least 1",
+        ));
+    }
     if c.users.is_empty() {
         return Err(invalid("users", "at least one user is required"));
     }
     for (i, _) in c.users.iter().enumerate() {
         resolve_user(c, i)?;
     }
+    c.monitor_credentials()?;
     Ok(())
 }
 
@@ -132,6 +151,25 @@ impl Config {
         (0..self.users.len())
             .map(|i| resolve_user(self, i))
             .collect()
+    }
+
+    /// Credentials for the proxy's own health and lag checks.
+    pub fn monitor_credentials(&self) -> Result<super::MonitorCredentials, ConfigError> {
+        let first = resolve_user(self, 0)?;
+        let password = secret(
+            "monitor.password",
+            &self.monitor.password,
+            &self.monitor.password_env,
+        )?;
+        Ok(super::MonitorCredentials {
+            user: self.monitor.user.clone().unwrap_or(first.server_user),
+            password: password.unwrap_or(first.server_password),
+            database: self
+                .monitor
+                .database
+                .clone()
+                .unwrap_or_else(|| "postgres".into()),
+        })
     }
 
     pub fn primary(&self) -> &super::Node {

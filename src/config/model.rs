@@ -22,6 +22,12 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub server_tls: ServerTlsMode,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
     pub users: Vec<User>,
     pub nodes: Vec<Node>,
 }
@@ -149,6 +155,83 @@ impl std::fmt::Debug for User {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalance {
+    #[default]
+    RoundRobin,
+    LeastOutstanding,
+    WeightedRandom,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Send reads to replicas; off sends everything to the primary.
+    pub read_write_split: bool,
+    pub load_balance: LoadBalance,
+    /// Let the primary serve reads too, as one more member of the read set.
+    pub primary_reads: bool,
+    /// Functions that write, beyond the built-in list (nextval, setval, advisory locks...).
+    pub write_functions: Vec<String>,
+    /// Distinct query shapes whose analysis is kept.
+    pub parse_cache_size: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            read_write_split: true,
+            load_balance: LoadBalance::RoundRobin,
+            primary_reads: false,
+            write_functions: Vec::new(),
+            parse_cache_size: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often each replica is checked.
+    pub interval_ms: u64,
+    /// A check that takes longer than this fails.
+    pub timeout_ms: u64,
+    /// How long a replica that failed stays out of the read set (a passing check
+    /// readmits it earlier).
+    pub ban_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: 1_000,
+            timeout_ms: 1_000,
+            ban_ms: 10_000,
+        }
+    }
+}
+
+/// Credentials the proxy's own monitors use; default: the first user's server
+/// credentials, database `postgres`.
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub database: Option<String>,
+}
+
+impl std::fmt::Debug for MonitorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorConfig")
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -164,6 +247,13 @@ pub struct Node {
     #[serde(default = "default_pg_port")]
     pub port: u16,
     pub role: Role,
+    /// Share of reads for weighted_random balancing.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_listen() -> SocketAddr {
@@ -172,6 +262,14 @@ fn default_listen() -> SocketAddr {
 
 fn default_pg_port() -> u16 {
     5432
+}
+
+/// Monitor credentials with secrets resolved.
+#[derive(Clone)]
+pub struct MonitorCredentials {
+    pub user: String,
+    pub password: String,
+    pub database: String,
 }
 
 /// A user with its secrets resolved (environment variables read once at load).

@@ -4,9 +4,12 @@
 pub mod auth;
 pub mod cancel;
 pub mod listener;
+mod options;
 pub mod pipeline;
 mod relay;
+mod routing;
 pub mod scram;
+mod serve;
 pub mod session;
 pub mod startup;
 pub mod statements;

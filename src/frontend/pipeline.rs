@@ -27,11 +27,17 @@ pub enum Expect {
     FunctionCall,
     /// A reply the proxy produces itself, in order (ParseComplete or CloseComplete).
     Inject(u8),
+    /// The client ended a COPY (CopyDone/CopyFail) before the server said COPY began;
+    /// no reply of its own.
+    CopyEnd,
 }
 
 #[derive(Default)]
 pub struct Pipeline {
     q: VecDeque<Expect>,
+    /// The server is in COPY FROM STDIN and the client has not ended it: PostgreSQL
+    /// ignores Sync and Flush then, so they owe no reply.
+    copy_in: bool,
 }
 
 fn put_empty(out: &mut BytesMut, tag: u8) {
@@ -49,10 +55,50 @@ impl Pipeline {
     }
 
     fn flush_injects(&mut self, out: &mut BytesMut) {
-        while let Some(Expect::Inject(tag)) = self.q.front() {
-            put_empty(out, *tag);
+        loop {
+            match self.q.front() {
+                Some(Expect::Inject(tag)) => put_empty(out, *tag),
+                Some(Expect::CopyEnd) => {}
+                _ => return,
+            }
             self.q.pop_front();
         }
+    }
+
+    /// A client Sync: owed a ReadyForQuery unless the server is taking COPY data.
+    pub fn client_sync(&mut self) {
+        if !self.copy_in {
+            self.q.push_back(Expect::Sync);
+        }
+    }
+
+    /// A client CopyDone/CopyFail.
+    pub fn client_copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            self.q.push_back(Expect::CopyEnd);
+        }
+    }
+
+    /// The server entered COPY FROM STDIN for the statement at the front. Syncs the
+    /// client pipelined behind it, before its CopyDone/CopyFail, are ignored by the
+    /// server and so owe nothing.
+    fn copy_in_started(&mut self) {
+        let mut i = 1;
+        while i < self.q.len() {
+            match self.q[i] {
+                Expect::Sync => {
+                    self.q.remove(i);
+                }
+                Expect::CopyEnd => {
+                    self.q.remove(i);
+                    return;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = true;
     }
 
     /// Emits replies the proxy owes before anything else arrives (e.g. a dropped
@@ -74,6 +120,9 @@ impl Pipeline {
             return true;
         }
         self.flush_injects(out);
+        if tag == b'G' {
+            self.copy_in_started();
+        }
         if tag == b'C' && (body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL"))
         {
             prepared.clear();
@@ -96,8 +145,12 @@ impl Pipeline {
                 self.q.pop_front();
                 !hide
             }
-            (Some(Expect::Query | Expect::FunctionCall), b'E') => true,
+            (Some(Expect::Query | Expect::FunctionCall), b'E') => {
+                self.copy_in = false;
+                true
+            }
             (_, b'E') => {
+                self.copy_in = false;
                 // The server skips everything up to the next Sync after an error in an
                 // extended batch; so do the expectations, including replies we owed.
                 while let Some(e) = self.q.front() {

@@ -3,8 +3,7 @@
 //! batching writes, until the server is idle again and the pool mode lets it go.
 
 use super::pipeline::Pipeline;
-use super::session::{CheckoutError, Server, Session};
-use crate::config::PoolMode;
+use super::session::{Server, Session};
 use crate::protocol::{messages, sqlstate, Frame};
 use bytes::BytesMut;
 
@@ -14,8 +13,8 @@ const HIGH_WATER: usize = 64 * 1024;
 /// What the attached server still owes, and whether it may go back to the pool.
 #[derive(Default)]
 pub(super) struct Progress {
-    /// ReadyForQuery messages still to come (one per Query, Sync, FunctionCall).
-    pending: usize,
+    /// Replies still to come, message by message.
+    pub(super) pipeline: Pipeline,
     /// An extended-protocol batch was sent without its Sync yet.
     open_batch: bool,
     /// COPY in or out in progress.
@@ -24,7 +23,7 @@ pub(super) struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Progress {
             status: b'I',
             ..Default::default()
@@ -33,11 +32,7 @@ impl Progress {
 
     fn sent(&mut self, tag: u8) {
         match tag {
-            b'Q' | b'F' => self.pending += 1,
-            b'S' => {
-                self.pending += 1;
-                self.open_batch = false;
-            }
+            b'S' => self.open_batch = false,
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.open_batch = true,
             b'c' | b'f' => self.copying = false,
             _ => {}
@@ -47,7 +42,6 @@ impl Progress {
     fn received(&mut self, tag: u8, body: &[u8]) {
         match tag {
             b'Z' => {
-                self.pending = self.pending.saturating_sub(1);
                 self.status = body.first().copied().unwrap_or(b'I');
                 self.copying = false;
             }
@@ -59,12 +53,12 @@ impl Progress {
 
     /// Nothing in flight and no transaction open: the connection may be reused.
     pub(super) fn idle(&self) -> bool {
-        self.pending == 0 && !self.open_batch && !self.copying && self.status == b'I'
+        self.quiet() && self.status == b'I'
     }
 
     /// Nothing in flight, though a transaction may be open.
     pub(super) fn quiet(&self) -> bool {
-        self.pending == 0 && !self.open_batch && !self.copying
+        self.pipeline.is_empty() && !self.open_batch && !self.copying
     }
 
     pub(super) fn status(&self) -> u8 {
@@ -72,159 +66,65 @@ impl Progress {
     }
 }
 
-fn completes_request(tag: u8) -> bool {
+pub(super) fn completes_request(tag: u8) -> bool {
     matches!(tag, b'Q' | b'S' | b'F' | b'H')
 }
 
-fn valid_client_tag(tag: u8) -> bool {
+pub(super) fn valid_client_tag(tag: u8) -> bool {
     matches!(
         tag,
         b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f' | b'X'
     )
 }
 
-enum Flow {
+pub(super) enum Flow {
     /// The server owes nothing and may be released (transaction mode).
     Idle,
     ClientGone,
+    /// The server failed before the client saw any answer; run the request elsewhere.
+    Retry,
+}
+
+/// How the current transaction (or autocommit statement) ended, for SET tracking.
+#[derive(Default)]
+struct TxnOutcome {
+    failed: bool,
+    rolled_back: bool,
+}
+
+/// Errors that mean the node is shutting down or restarting, not that the query failed.
+fn node_going_away(body: &[u8]) -> bool {
+    let (code, _) = messages::error_fields(body);
+    matches!(code.as_str(), "57P01" | "57P02" | "57P03")
+}
+
+/// The SQL of a Query message body.
+fn sql_text(body: &[u8]) -> Option<&str> {
+    let end = body.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&body[..end]).ok()
 }
 
 impl Session {
-    /// Serves requests until the client leaves. `held` is a server kept for the whole
-    /// session (session mode).
-    pub(super) async fn serve(&mut self, held: Option<Server>) -> anyhow::Result<()> {
-        if let Some(server) = held {
-            return self.attached(server, BytesMut::new()).await;
-        }
-        let mut request = BytesMut::new();
-        // After a failed checkout in the middle of an extended batch, PostgreSQL's
-        // rule applies: skip to the next Sync.
-        let mut skip_to_sync = false;
-        loop {
-            let frame = match self.client.read_frame().await {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(self.frame_error(e).await),
-            };
-            let tag = frame.tag;
-            match tag {
-                b'X' => return Ok(()),
-                // CopyData/Done/Fail outside COPY are dropped, as PostgreSQL does.
-                b'd' | b'c' | b'f' => continue,
-                t if !valid_client_tag(t) => return Err(self.protocol_violation(t).await),
-                _ => {}
-            }
-            if skip_to_sync {
-                if tag == b'S' {
-                    skip_to_sync = false;
-                    messages::ready_for_query(&mut self.out, b'I');
-                    self.flush_out().await?;
-                }
-                continue;
-            }
-            request.unsplit(frame.data);
-            // A client streaming Parse/Bind without Sync is bounded like one message.
-            if !completes_request(tag)
-                && request.len() < self.shared.config.limits.max_message_bytes
-            {
-                continue;
-            }
-            self.client.shrink_if_idle();
-            match self.checkout().await {
-                Ok(server) => {
-                    metrics::counter!("pgwarden_queries_total").increment(1);
-                    let req = std::mem::take(&mut request);
-                    if self.mode == PoolMode::Session {
-                        return self.attached(server, req).await;
-                    }
-                    match self.attached_until_idle(server, req).await? {
-                        Flow::Idle => {}
-                        Flow::ClientGone => return Ok(()),
-                    }
-                }
-                Err(e) => {
-                    request.clear();
-                    skip_to_sync = self.checkout_failed(e, tag).await?;
-                }
-            }
-        }
-    }
-
-    async fn protocol_violation(&mut self, tag: u8) -> anyhow::Error {
-        let msg = format!("invalid frontend message type {tag}");
-        let _ = self
-            .send_error("FATAL", sqlstate::PROTOCOL_VIOLATION, &msg, false)
-            .await;
-        anyhow::anyhow!(msg)
-    }
-
-    /// Reports a failed checkout; returns whether to skip client messages to the next Sync.
-    async fn checkout_failed(&mut self, e: CheckoutError, tag: u8) -> anyhow::Result<bool> {
-        tracing::warn!(error = %e, "server checkout failed");
-        let (code, message, raw) = e.client_message();
-        let ready = matches!(tag, b'Q' | b'S' | b'F');
-        match raw {
-            Some(raw) => {
-                self.out.unsplit(raw);
-                if ready {
-                    messages::ready_for_query(&mut self.out, b'I');
-                }
-                self.flush_out().await?;
-            }
-            None => self.send_error("ERROR", &code, &message, ready).await?,
-        }
-        Ok(!ready)
-    }
-
-    /// Session mode: relay until the client leaves.
-    async fn attached(&mut self, mut server: Server, request: BytesMut) -> anyhow::Result<()> {
-        let mut progress = Progress::new();
-        let flow = self.relay(&mut server, &mut progress, request, true).await;
-        self.finish(server, &progress).await;
-        flow.map(|_| ())
-    }
-
-    /// Transaction mode: relay until the server is idle, then give it back.
-    async fn attached_until_idle(
-        &mut self,
-        mut server: Server,
-        request: BytesMut,
-    ) -> anyhow::Result<Flow> {
-        let mut progress = Progress::new();
-        let flow = self.relay(&mut server, &mut progress, request, false).await;
-        match flow {
-            Ok(Flow::Idle) => self.release(server, false).await,
-            _ => self.finish(server, &progress).await,
-        }
-        flow
-    }
-
-    /// Leaves a server the client no longer uses in a reusable state, or discards it.
-    async fn finish(&mut self, mut server: Server, progress: &Progress) {
-        // Mid-request the server's state is unknown; an open transaction is rolled back.
-        let reusable = progress.quiet()
-            && (progress.status() == b'I'
-                || (!server.broken && server.run_internal("ROLLBACK").await.is_ok()));
-        if !reusable {
-            server.broken = true;
-        }
-        let reset = self.mode == PoolMode::Session;
-        self.release(server, reset).await;
-    }
-
-    async fn relay(
+    /// Relays between client and `server` until the server owes nothing and may go
+    /// (`hold` false), the client leaves, or (`retryable`) the server fails before the
+    /// client saw any answer, in which case the request can run elsewhere.
+    pub(super) async fn relay(
         &mut self,
         server: &mut Server,
         p: &mut Progress,
         first: BytesMut,
         hold: bool,
+        retryable: bool,
     ) -> anyhow::Result<Flow> {
-        let mut pipeline = Pipeline::default();
         let mut to_server = BytesMut::new();
+        let mut txn = TxnOutcome::default();
+        let flushed_at_start = self.flushed;
+        self.statements.attached();
         for frame in split_frames(first) {
-            self.forward(frame, server, p, &mut pipeline, &mut to_server);
+            self.forward(frame, server, p, &mut to_server);
         }
         loop {
+            let can_retry = retryable && self.flushed == flushed_at_start;
             if !to_server.is_empty() {
                 let sent = async {
                     server.io.write_all(&to_server).await?;
@@ -232,14 +132,17 @@ impl Session {
                 }
                 .await;
                 if let Err(e) = sent {
+                    if can_retry {
+                        return Ok(self.retry(server));
+                    }
                     return Err(self.server_lost(server, e.to_string()).await);
                 }
                 to_server.clear();
             }
             // Replies the proxy owes before the server's next one (e.g. a dropped
             // Parse followed by Flush) go out now.
-            pipeline.drain_leading_injects(&mut self.out);
-            if !hold && p.idle() && pipeline.is_empty() {
+            p.pipeline.drain_leading_injects(&mut self.out);
+            if !hold && p.idle() {
                 self.flush_out().await?;
                 return Ok(Flow::Idle);
             }
@@ -250,17 +153,28 @@ impl Session {
                 r = server.io.read_frame() => {
                     let frame = match r {
                         Ok(Some(f)) => f,
+                        Ok(None) | Err(_) if can_retry => return Ok(self.retry(server)),
                         Ok(None) => return Err(self.server_lost(server, "server closed the connection".into()).await),
                         Err(e) => return Err(self.server_lost(server, e.to_string()).await),
                     };
-                    p.received(frame.tag, frame.body());
-                    if frame.tag == b'S' {
-                        server.note_parameter(frame.body());
+                    if can_retry && frame.tag == b'E' && node_going_away(frame.body()) {
+                        return Ok(self.retry(server));
                     }
-                    if pipeline.on_server(frame.tag, frame.body(), &mut server.prepared, &mut self.out) {
+                    p.received(frame.tag, frame.body());
+                    match frame.tag {
+                        b'S' => server.note_parameter(frame.body()),
+                        b'E' => txn.failed = true,
+                        b'C' if frame.body().starts_with(b"ROLLBACK") => txn.rolled_back = true,
+                        b'Z' if p.status() == b'I' => {
+                            self.settle_sets(server, !txn.failed && !txn.rolled_back);
+                            txn = TxnOutcome::default();
+                        }
+                        _ => {}
+                    }
+                    if p.pipeline.on_server(frame.tag, frame.body(), &mut server.prepared, &mut self.out) {
                         self.out.unsplit(frame.data);
                     }
-                    pipeline.after_server(&mut self.out);
+                    p.pipeline.after_server(&mut self.out);
                     if self.out.len() >= HIGH_WATER || !server.io.has_buffered_frame() {
                         self.flush_out().await?;
                     }
@@ -281,9 +195,9 @@ impl Session {
                             return Err(self.protocol_violation(frame.tag).await);
                         }
                         if completes_request(frame.tag) {
-                            metrics::counter!("pgwarden_queries_total").increment(1);
+                            metrics::counter!("pgwarden_queries_total", "route" => self.attached_route, "reason" => "attached").increment(1);
                         }
-                        self.forward(frame, server, p, &mut pipeline, &mut to_server);
+                        self.forward(frame, server, p, &mut to_server);
                         if to_server.len() >= HIGH_WATER || !self.client.has_buffered_frame() {
                             break;
                         }
@@ -294,17 +208,38 @@ impl Session {
         }
     }
 
+    /// Gives up on a server that failed before answering; nothing reached the client.
+    fn retry(&mut self, server: &mut Server) -> Flow {
+        server.broken = true;
+        self.out.clear();
+        // SETs in the request will be seen again when it is replayed.
+        self.pending_sets.clear();
+        tracing::info!(node = %server.node, "server failed before answering; retrying the read elsewhere");
+        Flow::Retry
+    }
+
     fn forward(
         &mut self,
         frame: Frame,
         server: &mut Server,
         p: &mut Progress,
-        pipeline: &mut Pipeline,
         to_server: &mut BytesMut,
     ) {
         p.sent(frame.tag);
-        self.statements
-            .rewrite(frame, &mut server.prepared, pipeline, to_server);
+        let query = (frame.tag == b'Q')
+            .then(|| sql_text(frame.body()))
+            .flatten()
+            .map(|sql| self.shared.parse_cache.analyze(sql));
+        let parsed = self.statements.rewrite(
+            frame,
+            &self.shared.parse_cache,
+            &mut server.prepared,
+            &mut p.pipeline,
+            to_server,
+        );
+        if let Some(a) = query.or(parsed) {
+            self.note_session_effects(&a);
+        }
     }
 
     async fn server_lost(&mut self, server: &mut Server, why: String) -> anyhow::Error {
@@ -320,7 +255,7 @@ impl Session {
 }
 
 /// Splits a buffer of whole client messages back into frames.
-fn split_frames(mut buf: BytesMut) -> impl Iterator<Item = Frame> {
+pub(super) fn split_frames(mut buf: BytesMut) -> impl Iterator<Item = Frame> {
     std::iter::from_fn(move || {
         if buf.len() < 5 {
             return None;

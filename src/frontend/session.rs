@@ -4,11 +4,15 @@
 use super::auth::{self, AuthUser};
 use super::cancel::{CancelSlot, CancelTarget};
 use super::statements::ClientStatements;
+use crate::backend::conn::quote_literal;
+use crate::backend::pool::ServerPool;
 use crate::backend::pool::{touch, Manager, PoolEntry, PoolKey};
 use crate::backend::{BackendError, ConnectSpec};
-use crate::config::PoolMode;
+use crate::config::{PoolMode, ResolvedUser};
 use crate::protocol::{messages, sqlstate, FrameError, FramedStream, Stream};
 use crate::proxy::Shared;
+use crate::router::analysis::{PinReason, SetStmt};
+use crate::router::plan::RouteOverride;
 use bytes::BytesMut;
 use deadpool::managed::{Object, PoolError};
 use std::collections::BTreeMap;
@@ -24,9 +28,25 @@ const NOT_REPLAYED: &[&str] = &["user", "database", "replication", "options"];
 pub(super) struct Session {
     pub client: FramedStream,
     pub shared: Arc<Shared>,
+    /// The primary's pool, used at login.
     pub pool: PoolEntry,
     pub mode: PoolMode,
+    pub database: String,
+    pub user: ResolvedUser,
+    /// Startup parameters as the client sent them (reported back at login).
+    pub startup_params: Vec<(String, String)>,
+    /// Session settings to carry to every server connection, as SQL values.
     pub params: Vec<(String, String)>,
+    /// SETs sent but not yet confirmed by the server.
+    pub pending_sets: Vec<SetStmt>,
+    pub route_override: RouteOverride,
+    /// Session state that cannot move between connections was created.
+    pub pinned: Option<PinReason>,
+    /// Where the attached server is ("primary"/"replica"), for metrics.
+    pub attached_route: &'static str,
+    /// Bytes written to the client so far; a read may only be retried elsewhere
+    /// while this has not moved.
+    pub flushed: u64,
     pub cancel: CancelSlot,
     /// Bytes queued for the client, written in batches.
     pub out: BytesMut,
@@ -90,9 +110,24 @@ pub async fn run(
         connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
         prepared_capacity: shared.config.pool.prepared_statements_per_server,
     });
-    let replayed: Vec<(String, String)> = params
+    let options = params.get("options").cloned().unwrap_or_default();
+    let mut startup_params: Vec<(String, String)> = params
         .into_iter()
         .filter(|(k, _)| !NOT_REPLAYED.contains(&k.as_str()))
+        .collect();
+    match super::options::settings(&options) {
+        Ok(settings) => startup_params.extend(settings),
+        Err(msg) => {
+            let _ = client
+                .write_all(&messages::fatal(sqlstate::PROTOCOL_VIOLATION, &msg))
+                .await;
+            let _ = client.flush().await;
+            anyhow::bail!("startup options: {msg}");
+        }
+    }
+    let replayed = startup_params
+        .iter()
+        .map(|(k, v)| (k.clone(), quote_literal(v)))
         .collect();
     let (pid, secret, cancel) = shared.cancels.register();
     let mut session = Session {
@@ -100,7 +135,15 @@ pub async fn run(
         mode: shared.config.pool.mode,
         shared: shared.clone(),
         pool,
+        database,
+        user: user.clone(),
+        startup_params,
         params: replayed,
+        pending_sets: Vec::new(),
+        route_override: RouteOverride::Auto,
+        pinned: None,
+        attached_route: "primary",
+        flushed: 0,
         cancel,
         out: BytesMut::new(),
         statements: ClientStatements::default(),
@@ -152,7 +195,7 @@ impl Session {
         messages::auth(&mut out, &pgwire::messages::startup::Authentication::Ok);
         for (name, value) in &server_params {
             let value = self
-                .params
+                .startup_params
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v)
@@ -168,7 +211,15 @@ impl Session {
 
     /// Checks out a server connection and brings it to this client's parameters.
     pub(super) async fn checkout(&mut self) -> Result<Server, CheckoutError> {
-        let mut server = self.pool.pool.get().await.map_err(CheckoutError::Pool)?;
+        let pool = self.pool.pool.clone();
+        self.checkout_from(&pool).await
+    }
+
+    pub(super) async fn checkout_from(
+        &mut self,
+        pool: &ServerPool,
+    ) -> Result<Server, CheckoutError> {
+        let mut server = pool.get().await.map_err(CheckoutError::Pool)?;
         if let Err(e) = server.apply_params(&self.params).await {
             if server.broken {
                 let _ = Object::take(server);
@@ -216,6 +267,7 @@ impl Session {
 
     pub(super) async fn flush_out(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
+            self.flushed += self.out.len() as u64;
             self.client.write_all(&self.out).await?;
             self.client.flush().await?;
             self.out.clear();

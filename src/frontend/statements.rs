@@ -5,6 +5,8 @@
 use super::pipeline::{Expect, Pipeline};
 use crate::backend::prepared::PreparedSet;
 use crate::protocol::Frame;
+use crate::router::analysis::Analysis;
+use crate::router::parse_cache::ParseCache;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 struct Stmt {
     server_name: Arc<str>,
+    analysis: Arc<Analysis>,
     /// The client's Parse, renamed, ready to send to any server.
     parse: Bytes,
 }
@@ -19,6 +22,10 @@ struct Stmt {
 #[derive(Default)]
 pub struct ClientStatements {
     map: HashMap<Box<[u8]>, Arc<Stmt>>,
+    /// The client's last unnamed statement, replayed when a later Bind lands on a
+    /// server connection that did not see its Parse.
+    unnamed: Option<Arc<Stmt>>,
+    unnamed_ready: bool,
 }
 
 /// Splits a NUL-terminated string off the front of `b`.
@@ -87,35 +94,82 @@ impl ClientStatements {
         self.map.is_empty()
     }
 
+    /// The analysis of a statement the client prepared ("" is the unnamed one).
+    pub fn analysis_of(&self, name: &[u8]) -> Option<Arc<Analysis>> {
+        if name.is_empty() {
+            return self.unnamed.as_ref().map(|s| s.analysis.clone());
+        }
+        self.map.get(name).map(|s| s.analysis.clone())
+    }
+
+    /// A new server connection was attached: it does not hold our unnamed statement.
+    pub fn attached(&mut self) {
+        self.unnamed_ready = false;
+    }
+
+    /// Re-sends the unnamed statement when the attached server has not seen it.
+    fn ensure_unnamed(&mut self, pipeline: &mut Pipeline, to_server: &mut BytesMut) {
+        if self.unnamed_ready {
+            return;
+        }
+        if let Some(stmt) = &self.unnamed {
+            to_server.extend_from_slice(&stmt.parse);
+            pipeline.push(Expect::Parse {
+                name: None,
+                hide: true,
+            });
+            self.unnamed_ready = true;
+        }
+    }
+
     /// Rewrites one client message for the attached server. Malformed messages are
     /// forwarded untouched: the server reports them as PostgreSQL would.
     pub fn rewrite(
         &mut self,
         frame: Frame,
+        cache: &ParseCache,
         prepared: &mut PreparedSet,
         pipeline: &mut Pipeline,
         to_server: &mut BytesMut,
-    ) {
+    ) -> Option<Arc<Analysis>> {
         let body = frame.body();
         match frame.tag {
             b'P' => {
                 if let Some((name, rest)) = cstr(body) {
-                    if !name.is_empty() {
-                        let server_name = server_name_for(rest);
-                        let mut n = server_name.as_bytes().to_vec();
-                        n.push(0);
-                        let stmt = Arc::new(Stmt {
-                            parse: message(b'P', &[&n, rest]).freeze(),
-                            server_name,
+                    let sql = cstr(rest)
+                        .and_then(|(q, _)| std::str::from_utf8(q).ok())
+                        .unwrap_or("");
+                    let analysis = cache.analyze(sql);
+                    if name.is_empty() {
+                        let parse = frame.data.freeze();
+                        to_server.extend_from_slice(&parse);
+                        self.unnamed = Some(Arc::new(Stmt {
+                            server_name: "".into(),
+                            analysis: analysis.clone(),
+                            parse,
+                        }));
+                        self.unnamed_ready = true;
+                        pipeline.push(Expect::Parse {
+                            name: None,
+                            hide: false,
                         });
-                        self.map.insert(name.into(), stmt.clone());
-                        if prepared.touch(&stmt.server_name) {
-                            pipeline.push(Expect::Inject(b'1'));
-                        } else {
-                            add(&stmt, prepared, pipeline, to_server, false);
-                        }
-                        return;
+                        return Some(analysis);
                     }
+                    let server_name = server_name_for(rest);
+                    let mut n = server_name.as_bytes().to_vec();
+                    n.push(0);
+                    let stmt = Arc::new(Stmt {
+                        parse: message(b'P', &[&n, rest]).freeze(),
+                        server_name,
+                        analysis: analysis.clone(),
+                    });
+                    self.map.insert(name.into(), stmt.clone());
+                    if prepared.touch(&stmt.server_name) {
+                        pipeline.push(Expect::Inject(b'1'));
+                    } else {
+                        add(&stmt, prepared, pipeline, to_server, false);
+                    }
+                    return Some(analysis);
                 }
                 pipeline.push(Expect::Parse {
                     name: None,
@@ -123,32 +177,41 @@ impl ClientStatements {
                 });
             }
             b'B' => {
-                let named = cstr(body).and_then(|(portal, rest)| {
+                let target = cstr(body).and_then(|(portal, rest)| {
                     let (stmt, tail) = cstr(rest)?;
-                    Some((portal, self.map.get(stmt)?.clone(), tail))
+                    Some((portal, stmt, tail))
                 });
-                if let Some((portal, stmt, tail)) = named {
-                    ensure(&stmt, prepared, pipeline, to_server);
-                    pipeline.push(Expect::Bind);
-                    let mut p = portal.to_vec();
-                    p.push(0);
-                    let mut n = stmt.server_name.as_bytes().to_vec();
-                    n.push(0);
-                    to_server.unsplit(message(b'B', &[&p, &n, tail]));
-                    return;
+                match target {
+                    Some((portal, stmt, tail)) if !stmt.is_empty() => {
+                        if let Some(stmt) = self.map.get(stmt).cloned() {
+                            ensure(&stmt, prepared, pipeline, to_server);
+                            pipeline.push(Expect::Bind);
+                            let mut p = portal.to_vec();
+                            p.push(0);
+                            let mut n = stmt.server_name.as_bytes().to_vec();
+                            n.push(0);
+                            to_server.unsplit(message(b'B', &[&p, &n, tail]));
+                            return None;
+                        }
+                    }
+                    Some(_) => self.ensure_unnamed(pipeline, to_server),
+                    None => {}
                 }
                 pipeline.push(Expect::Bind);
             }
             b'D' => match body.split_first() {
                 Some((b'S', rest)) => {
-                    if let Some(stmt) = cstr(rest).and_then(|(n, _)| self.map.get(n)).cloned() {
+                    let name = cstr(rest).map(|(n, _)| n).unwrap_or_default();
+                    if name.is_empty() {
+                        self.ensure_unnamed(pipeline, to_server);
+                    } else if let Some(stmt) = self.map.get(name).cloned() {
                         ensure(&stmt, prepared, pipeline, to_server);
                         let mut n = vec![b'S'];
                         n.extend_from_slice(stmt.server_name.as_bytes());
                         n.push(0);
                         to_server.unsplit(message(b'D', &[&n]));
                         pipeline.push(Expect::DescribeStatement);
-                        return;
+                        return None;
                     }
                     pipeline.push(Expect::DescribeStatement);
                 }
@@ -162,18 +225,20 @@ impl ClientStatements {
                             // gets its CloseComplete as if it had been closed.
                             self.map.remove(name);
                             pipeline.push(Expect::Inject(b'3'));
-                            return;
+                            return None;
                         }
                     }
                 }
                 pipeline.push(Expect::Close { hide: false });
             }
             b'E' => pipeline.push(Expect::Execute),
-            b'S' => pipeline.push(Expect::Sync),
+            b'S' => pipeline.client_sync(),
+            b'c' | b'f' => pipeline.client_copy_end(),
             b'Q' => pipeline.push(Expect::Query),
             b'F' => pipeline.push(Expect::FunctionCall),
             _ => {}
         }
         to_server.unsplit(frame.data);
+        None
     }
 }

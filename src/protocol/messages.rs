@@ -38,6 +38,13 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     encode(buf, &ReadyForQuery::new(status));
 }
 
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    encode(
+        buf,
+        &pgwire::messages::response::CommandComplete::new(tag.into()),
+    );
+}
+
 pub fn auth(buf: &mut BytesMut, a: &Authentication) {
     encode(buf, a);
 }

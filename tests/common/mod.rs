@@ -355,6 +355,18 @@ pub mod fe {
         msg(b'S', &[])
     }
 
+    pub fn describe_statement(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        cstr(&mut b, name);
+        msg(b'D', &b)
+    }
+
+    pub fn close_statement(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        cstr(&mut b, name);
+        msg(b'C', &b)
+    }
+
     pub fn copy_data(data: &[u8]) -> Vec<u8> {
         msg(b'd', data)
     }

@@ -1,0 +1,188 @@
+//! The idle side of a session: buffer a client request until it is complete, route it,
+//! check out a server on the chosen node, and hand over to the relay. Reads that fail
+//! before any answer reached the client are retried on another node.
+
+use super::relay::{completes_request, valid_client_tag, Flow, Progress};
+use super::session::{CheckoutError, Server, Session};
+use crate::config::PoolMode;
+use crate::protocol::{messages, sqlstate};
+use crate::router::plan::{Plan, Route};
+use bytes::BytesMut;
+
+impl Session {
+    /// Serves requests until the client leaves. `held` is a server kept for the whole
+    /// session (session mode).
+    pub(super) async fn serve(&mut self, held: Option<Server>) -> anyhow::Result<()> {
+        if let Some(server) = held {
+            return self.held(server, BytesMut::new()).await;
+        }
+        let mut request = BytesMut::new();
+        // After a failed checkout in the middle of an extended batch, PostgreSQL's
+        // rule applies: skip to the next Sync.
+        let mut skip_to_sync = false;
+        loop {
+            let frame = match self.client.read_frame().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.frame_error(e).await),
+            };
+            let tag = frame.tag;
+            match tag {
+                b'X' => return Ok(()),
+                // CopyData/Done/Fail outside COPY are dropped, as PostgreSQL does.
+                b'd' | b'c' | b'f' => continue,
+                t if !valid_client_tag(t) => return Err(self.protocol_violation(t).await),
+                _ => {}
+            }
+            if skip_to_sync {
+                if tag == b'S' {
+                    skip_to_sync = false;
+                    messages::ready_for_query(&mut self.out, b'I');
+                    self.flush_out().await?;
+                }
+                continue;
+            }
+            request.unsplit(frame.data);
+            // A client streaming Parse/Bind without Sync is bounded like one message.
+            if !completes_request(tag)
+                && request.len() < self.shared.config.limits.max_message_bytes
+            {
+                continue;
+            }
+            self.client.shrink_if_idle();
+            let req = std::mem::take(&mut request);
+            if self.answer_proxy_settings(&req).await? {
+                continue;
+            }
+            let plan = self.route(&req);
+            match self.run_request(plan, req, tag).await? {
+                Some(true) => skip_to_sync = true,
+                Some(false) => {}
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Runs one routed request. Returns None when the client left, Some(skip_to_sync)
+    /// otherwise.
+    async fn run_request(
+        &mut self,
+        plan: Plan,
+        req: BytesMut,
+        tag: u8,
+    ) -> anyhow::Result<Option<bool>> {
+        // Only a complete request that has not yet been answered can be replayed.
+        let retryable = plan.route == Route::Replica && matches!(tag, b'Q' | b'S');
+        let mut excluded: Vec<String> = Vec::new();
+        let mut req = req;
+        loop {
+            let (server, node) = match self.checkout_for(&plan, &excluded).await {
+                Ok(s) => s,
+                Err(e) => return self.checkout_failed(e, tag).await.map(Some),
+            };
+            let copy = retryable.then(|| req.clone());
+            self.attached_route = if node.role == crate::config::Role::Primary {
+                "primary"
+            } else {
+                "replica"
+            };
+            if self.mode == PoolMode::Session || self.pinned.is_some() {
+                return self.held(server, req).await.map(|_| None);
+            }
+            node.runtime.begin_query();
+            let flow = self.attached_until_idle(server, req, retryable).await;
+            node.runtime.end_query();
+            match flow? {
+                Flow::Idle => return Ok(Some(false)),
+                Flow::ClientGone => return Ok(None),
+                Flow::Retry => {
+                    let topo = self.shared.topology.load();
+                    node.ban(
+                        topo.now_ms(),
+                        self.shared.config.health.ban_ms,
+                        "server went away before answering",
+                    );
+                    metrics::counter!("pgwarden_read_retries_total").increment(1);
+                    excluded.push(node.name.clone());
+                    req = copy.expect("retry is only offered for retryable requests");
+                }
+            }
+        }
+    }
+
+    pub(super) async fn protocol_violation(&mut self, tag: u8) -> anyhow::Error {
+        let msg = format!("invalid frontend message type {tag}");
+        let _ = self
+            .send_error("FATAL", sqlstate::PROTOCOL_VIOLATION, &msg, false)
+            .await;
+        anyhow::anyhow!(msg)
+    }
+
+    /// Reports a failed checkout; returns whether to skip client messages to the next Sync.
+    async fn checkout_failed(&mut self, e: CheckoutError, tag: u8) -> anyhow::Result<bool> {
+        tracing::warn!(error = %e, "server checkout failed");
+        let (code, message, raw) = e.client_message();
+        let ready = matches!(tag, b'Q' | b'S' | b'F');
+        match raw {
+            Some(raw) => {
+                self.out.unsplit(raw);
+                if ready {
+                    messages::ready_for_query(&mut self.out, b'I');
+                }
+                self.flush_out().await?;
+            }
+            None => self.send_error("ERROR", &code, &message, ready).await?,
+        }
+        Ok(!ready)
+    }
+
+    /// Session mode, or a pinned client: relay until the client leaves.
+    async fn held(&mut self, mut server: Server, request: BytesMut) -> anyhow::Result<()> {
+        let mut progress = Progress::new();
+        let flow = self
+            .relay(&mut server, &mut progress, request, true, false)
+            .await;
+        self.finish(server, &progress).await;
+        flow.map(|_| ())
+    }
+
+    /// Transaction mode: relay until the server is idle, then give it back.
+    async fn attached_until_idle(
+        &mut self,
+        mut server: Server,
+        request: BytesMut,
+        retryable: bool,
+    ) -> anyhow::Result<Flow> {
+        let mut progress = Progress::new();
+        let flow = self
+            .relay(&mut server, &mut progress, request, false, retryable)
+            .await;
+        match flow {
+            Ok(Flow::Idle) if self.pinned.is_some() => {
+                // Pinned by this request: keep the very same connection from now on.
+                return self
+                    .held(server, BytesMut::new())
+                    .await
+                    .map(|_| Flow::ClientGone);
+            }
+            Ok(Flow::Idle) => self.release(server, false).await,
+            _ => self.finish(server, &progress).await,
+        }
+        flow
+    }
+
+    /// Leaves a server the client no longer uses in a reusable state, or discards it.
+    async fn finish(&mut self, mut server: Server, progress: &Progress) {
+        // Mid-request the server's state is unknown; an open transaction is rolled back.
+        let reusable = progress.quiet()
+            && (progress.status() == b'I'
+                || (!server.broken && server.run_internal("ROLLBACK").await.is_ok()));
+        if !reusable {
+            server.broken = true;
+        }
+        // A connection that carried session state (session mode, or a pinned client)
+        // is reset before anyone else gets it.
+        let reset = self.mode == PoolMode::Session || self.pinned.is_some();
+        self.release(server, reset).await;
+    }
+}

@@ -1,0 +1,244 @@
+//! Query fingerprints (a 64-bit hash of the SQL with literals, comments, whitespace and keyword
+//! case normalised, the parse-cache key) and the leading `/* pgwarden:... */` routing hint.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::Hasher;
+
+use super::analysis::lexer::{Lexer, TokenKind};
+
+/// Routing hint given by a leading comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    Primary,
+    Replica,
+}
+
+/// Fingerprint of a query: equal for queries that differ only in literal values (strings,
+/// numbers, dollar-quoted bodies), comments, whitespace or the case of unquoted words.
+///
+/// Single pass over the bytes; the only state is a SipHash hasher and a 128-byte buffer on
+/// the stack. SipHash rather than a faster hash because the parse cache is shared by all
+/// clients: nobody should be able to craft a query whose fingerprint matches someone else's.
+/// Stable within one build of the proxy (do not persist it).
+pub fn fingerprint(sql: &str) -> u64 {
+    let bytes = sql.as_bytes();
+    let mut out = FpHasher::new();
+    for tok in Lexer::new(sql) {
+        let text = &bytes[tok.start..tok.end];
+        match tok.kind {
+            TokenKind::Word => out.token(1, text, true),
+            TokenKind::QuotedIdent => out.token(2, text, false),
+            TokenKind::Literal => out.push(&[3], false),
+            TokenKind::Param => out.token(4, text, false),
+            TokenKind::Operator => out.token(5, text, false),
+            TokenKind::Punct => out.push(&[6, text[0]], false),
+        }
+    }
+    out.finish()
+}
+
+/// The routing hint, if the query starts (after whitespace) with `/* pgwarden:primary */` or
+/// `/* pgwarden:replica */`. Whitespace inside the comment and letter case are ignored.
+pub fn leading_hint(sql: &str) -> Option<Hint> {
+    let s = sql.trim_start().as_bytes();
+    let body = s.strip_prefix(b"/*")?;
+    let end = body.windows(2).position(|w| w == b"*/")?;
+    let compact = || {
+        body[..end]
+            .iter()
+            .filter(|b| !b.is_ascii_whitespace())
+            .map(|b| b.to_ascii_lowercase())
+    };
+    if compact().eq(b"pgwarden:primary".iter().copied()) {
+        Some(Hint::Primary)
+    } else if compact().eq(b"pgwarden:replica".iter().copied()) {
+        Some(Hint::Replica)
+    } else {
+        None
+    }
+}
+
+const BUF: usize = 128;
+
+/// Buffers small writes so SipHash sees a few large ones (much faster than byte-by-byte).
+struct FpHasher {
+    hasher: DefaultHasher,
+    buf: [u8; BUF],
+    len: usize,
+}
+
+impl FpHasher {
+    fn new() -> Self {
+        FpHasher {
+            hasher: DefaultHasher::new(),
+            buf: [0; BUF],
+            len: 0,
+        }
+    }
+
+    /// Appends `s`, lower-casing ASCII letters if `fold`.
+    fn push(&mut self, s: &[u8], fold: bool) {
+        for chunk in s.chunks(BUF) {
+            if self.len + chunk.len() > BUF {
+                self.flush();
+            }
+            let dst = &mut self.buf[self.len..self.len + chunk.len()];
+            dst.copy_from_slice(chunk);
+            if fold {
+                dst.make_ascii_lowercase();
+            }
+            self.len += chunk.len();
+        }
+    }
+
+    /// A tag, the length, then the bytes: length-prefixed so that token boundaries can never
+    /// be confused (`ab` vs `a b`, `<=` vs `< =`).
+    fn token(&mut self, tag: u8, text: &[u8], fold: bool) {
+        match u8::try_from(text.len()) {
+            Ok(n) if n < u8::MAX => self.push(&[tag, n], false),
+            _ => {
+                self.push(&[tag, u8::MAX], false);
+                self.push(&(text.len() as u32).to_le_bytes(), false);
+            }
+        }
+        self.push(text, fold);
+    }
+
+    fn flush(&mut self) {
+        self.hasher.write(&self.buf[..self.len]);
+        self.len = 0;
+    }
+
+    fn finish(mut self) -> u64 {
+        self.flush();
+        self.hasher.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same(a: &str, b: &str) {
+        assert_eq!(
+            fingerprint(a),
+            fingerprint(b),
+            "expected same: {a:?} vs {b:?}"
+        );
+    }
+
+    fn differ(a: &str, b: &str) {
+        assert_ne!(
+            fingerprint(a),
+            fingerprint(b),
+            "expected different: {a:?} vs {b:?}"
+        );
+    }
+
+    #[test]
+    fn literals_are_normalised() {
+        same(
+            "SELECT * FROM t WHERE id = 1",
+            "SELECT * FROM t WHERE id = 12345",
+        );
+        same(
+            "SELECT * FROM t WHERE a = 'x'",
+            "SELECT * FROM t WHERE a = 'it''s long'",
+        );
+        same(
+            "SELECT * FROM t WHERE a = 'x'",
+            "SELECT * FROM t WHERE a = E'a\\'b'",
+        );
+        same(
+            "SELECT * FROM t WHERE a = 'x'",
+            "SELECT * FROM t WHERE a = $$x;y$$",
+        );
+        same("SELECT $f$ a $$ b $f$", "SELECT 'z'");
+        same("SELECT 1.5e10, .5, 0x1F, 1_000", "SELECT 2, 3, 4, 5");
+        same(
+            "UPDATE t SET a = a + 42 WHERE id = 7",
+            "UPDATE t SET a = a + 1 WHERE id = 9",
+        );
+        same(
+            "SELECT * FROM t WHERE a = -1",
+            "SELECT * FROM t WHERE a = 1",
+        );
+        same("SELECT * FROM t WHERE a=-1", "SELECT * FROM t WHERE a = 1");
+        same(
+            "INSERT INTO t VALUES (-1, 'a')",
+            "INSERT INTO t VALUES (2, 'b')",
+        );
+    }
+
+    #[test]
+    fn comments_whitespace_and_case_are_normalised() {
+        same("SELECT a FROM t", "select   A\n\tfrom T");
+        same(
+            "SELECT a FROM t -- trailing",
+            "SELECT a /* x /* nested */ y */ FROM t",
+        );
+        same("/* pgwarden:replica */ SELECT 1", "SELECT 1");
+        same("SELECT a+b FROM t", "SELECT a + b FROM t");
+    }
+
+    #[test]
+    fn long_tokens_span_buffer_flushes() {
+        let long = "Abc".repeat(200);
+        same(
+            &format!("SELECT {long} FROM t"),
+            &format!("select {} from T", long.to_lowercase()),
+        );
+        differ(
+            &format!("SELECT {long}x FROM t"),
+            &format!("SELECT {long}y FROM t"),
+        );
+        differ(
+            &format!("SELECT \"{long}\""),
+            &format!("SELECT \"{}\"", long.to_lowercase()),
+        );
+    }
+
+    #[test]
+    fn structure_and_identifiers_differ() {
+        differ("SELECT * FROM t1", "SELECT * FROM t2");
+        differ("SELECT a FROM t", "SELECT b FROM t");
+        differ("SELECT * FROM \"T\"", "SELECT * FROM t");
+        differ("SELECT * FROM \"T\"", "SELECT * FROM \"t\"");
+        differ("SELECT a FROM t", "SELECT a, b FROM t");
+        differ("SELECT * FROM t WHERE a = 1", "SELECT * FROM t WHERE a < 1");
+        differ(
+            "SELECT * FROM t WHERE a <= 1",
+            "SELECT * FROM t WHERE a < = 1",
+        );
+        differ("SELECT a - 1 FROM t", "SELECT a FROM t");
+        differ("SELECT * FROM t", "SELECT * FROM t FOR UPDATE");
+        differ("SELECT ab FROM t", "SELECT a b FROM t");
+        differ("SELECT $1", "SELECT $2");
+        differ("SELECT $1", "SELECT 1");
+        differ("SELECT 'a'", "SELECT \"a\"");
+    }
+
+    #[test]
+    fn hints() {
+        assert_eq!(
+            leading_hint("/* pgwarden:primary */ SELECT 1"),
+            Some(Hint::Primary)
+        );
+        assert_eq!(
+            leading_hint("  \n/*pgwarden:replica*/SELECT 1"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(
+            leading_hint("/*  PGWarden : Replica  */ SELECT 1"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(leading_hint("SELECT 1 /* pgwarden:primary */"), None);
+        assert_eq!(
+            leading_hint("/* other */ /* pgwarden:primary */ SELECT 1"),
+            None
+        );
+        assert_eq!(leading_hint("/* pgwarden:primary"), None);
+        assert_eq!(leading_hint("/* pgwarden:secondary */ SELECT 1"), None);
+        assert_eq!(leading_hint(""), None);
+    }
+}

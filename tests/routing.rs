@@ -1,0 +1,481 @@
+//! Read/write split, checked from the server side: every statement reports the port of
+//! the server that ran it (`inet_server_port()`), compared with the cluster's ports.
+
+mod common;
+
+use common::{start, wait_for, Env, Setup};
+use std::collections::HashSet;
+use std::time::Duration;
+
+fn replica_ports(env: &Env) -> HashSet<i32> {
+    env.cluster.replicas.iter().map(|r| r.port as i32).collect()
+}
+
+fn primary_port(env: &Env) -> i32 {
+    env.cluster.primary.port as i32
+}
+
+/// Port of the server that ran `sql`, whose first column must be inet_server_port().
+async fn port_of(c: &tokio_postgres::Client, sql: &str) -> i32 {
+    let rows = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+async fn routing_env() -> Env {
+    let env = start(Setup {
+        replicas: 2,
+        ..Default::default()
+    })
+    .await;
+    let direct = env.direct().await;
+    direct
+        .batch_execute(
+            "create table items (id int primary key, v text);
+             insert into items select g, 'v' || g from generate_series(1, 10) g;
+             create sequence seq;
+             grant all on items, seq to app;",
+        )
+        .await
+        .unwrap();
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| cluster.wait_replicas_caught_up(Duration::from_secs(30)))
+        .unwrap();
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_spread_over_replicas_and_writes_hit_the_primary() {
+    let env = routing_env().await;
+    let c = env.connect().await;
+    let replicas = replica_ports(&env);
+    let primary = primary_port(&env);
+
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let p = port_of(&c, "select inet_server_port(), count(*) from items").await;
+        assert!(replicas.contains(&p), "read ran on {p}, not a replica");
+        seen.insert(p);
+    }
+    assert_eq!(seen, replicas, "reads should use both replicas");
+    // Extended protocol reads too, through a named prepared statement.
+    let stmt = c
+        .prepare("select inet_server_port(), v from items where id = $1")
+        .await
+        .unwrap();
+    for i in 1..=10 {
+        let row = c.query_one(&stmt, &[&i]).await.unwrap();
+        assert!(replicas.contains(&row.get::<_, i32>(0)));
+    }
+    let in_recovery: bool = c
+        .query_one("select pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery);
+
+    for sql in [
+        "insert into items values (100, 'x') returning inet_server_port()",
+        "update items set v = 'y' where id = 1 returning inet_server_port()",
+        "delete from items where id = 100 returning inet_server_port()",
+        "select inet_server_port() from items where id = 1 for update",
+        "select inet_server_port() from items where id = 1 for share",
+        "select inet_server_port(), nextval('seq')",
+        "with d as (delete from items where id = 9 returning id) select inet_server_port() from (select 1) x",
+        "/* pgwarden:primary */ select inet_server_port()",
+    ] {
+        assert_eq!(port_of(&c, sql).await, primary, "{sql}");
+    }
+    // A write in the same simple Query as a read sends both to the primary.
+    assert_eq!(
+        port_of(
+            &c,
+            "select inet_server_port(); insert into items values (200, 'z')"
+        )
+        .await,
+        primary
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_hints_and_session_route() {
+    let env = routing_env().await;
+    let c = env.connect().await;
+    let replicas = replica_ports(&env);
+    let primary = primary_port(&env);
+
+    // Every statement of a read-write transaction runs on the primary, reads included.
+    c.batch_execute("begin").await.unwrap();
+    assert_eq!(port_of(&c, "select inet_server_port()").await, primary);
+    c.batch_execute("insert into items values (300, 'tx')")
+        .await
+        .unwrap();
+    assert_eq!(port_of(&c, "select inet_server_port()").await, primary);
+    c.batch_execute("commit").await.unwrap();
+
+    // READ ONLY transactions go to a replica and stay on one server.
+    c.batch_execute("begin read only").await.unwrap();
+    let p1 = port_of(&c, "select inet_server_port()").await;
+    let p2 = port_of(&c, "select inet_server_port()").await;
+    c.batch_execute("commit").await.unwrap();
+    assert!(replicas.contains(&p1) && p1 == p2, "{p1} {p2}");
+    let p = port_of(&c, "start transaction isolation level repeatable read, read only; select inet_server_port(); commit").await;
+    assert!(replicas.contains(&p), "{p}");
+
+    // tokio-postgres' transaction API (BEGIN is a plain read-write BEGIN).
+    let mut c2 = env.connect().await;
+    let tx = c2.transaction().await.unwrap();
+    let p: i32 = tx
+        .query_one("select inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    assert_eq!(p, primary);
+
+    assert!(
+        replicas.contains(&port_of(&c, "/* pgwarden:replica */ select inet_server_port()").await)
+    );
+    c.batch_execute("set pgwarden.route = primary")
+        .await
+        .unwrap();
+    assert_eq!(port_of(&c, "select inet_server_port()").await, primary);
+    c.batch_execute("set pgwarden.route = auto").await.unwrap();
+    assert!(replicas.contains(&port_of(&c, "select inet_server_port()").await));
+    c.batch_execute("set pgwarden.route = replica")
+        .await
+        .unwrap();
+    assert!(replicas.contains(&port_of(&c, "select inet_server_port()").await));
+    c.batch_execute("reset pgwarden.route").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_shared_by_ten_clients_on_a_pool_of_two() {
+    let env = start(Setup {
+        replicas: 2,
+        tweak: |c| c.pool.size = 2,
+        ..Default::default()
+    })
+    .await;
+    env.direct()
+        .await
+        .batch_execute("create table counter (client int, n int); grant all on counter to app")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for id in 0..10i32 {
+        let mut c = env.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let ins = c
+                .prepare("insert into counter values ($1, $2)")
+                .await
+                .unwrap();
+            let sel = c
+                .prepare("select count(*) from counter where client = $1")
+                .await
+                .unwrap();
+            let echo = c.prepare("select $1::int + 0").await.unwrap();
+            for n in 0..10i32 {
+                let tx = c.transaction().await.unwrap();
+                tx.execute(&ins, &[&id, &n]).await.unwrap();
+                let v: i32 = tx.query_one(&echo, &[&n]).await.unwrap().get(0);
+                assert_eq!(v, n);
+                let cnt: i64 = tx.query_one(&sel, &[&id]).await.unwrap().get(0);
+                assert_eq!(cnt, n as i64 + 1, "client {id} sees its own inserts");
+                tx.commit().await.unwrap();
+                // And outside a transaction, on replicas.
+                let v: i32 = c.query_one(&echo, &[&(n * 2)]).await.unwrap().get(0);
+                assert_eq!(v, n * 2);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total: i64 = env
+        .direct()
+        .await
+        .query_one("select count(*) from counter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_follow_the_client_across_connections() {
+    let env = start(Setup {
+        replicas: 2,
+        tweak: |c| c.pool.size = 1,
+        ..Default::default()
+    })
+    .await;
+    env.direct()
+        .await
+        .batch_execute("create schema s1; create schema s2; grant usage on schema s1, s2 to app")
+        .await
+        .unwrap();
+    let a = env.connect().await;
+    let b = env.connect().await;
+    a.batch_execute("set search_path = s1, public")
+        .await
+        .unwrap();
+    a.batch_execute("set myapp.tenant = 'alpha'").await.unwrap();
+    b.batch_execute("set search_path to s2").await.unwrap();
+    b.batch_execute("set myapp.tenant = 'beta'").await.unwrap();
+    for _ in 0..10 {
+        // Reads (replicas) and a transaction (primary): each client sees its own values.
+        for (c, path, tenant) in [(&a, "s1, public", "alpha"), (&b, "s2", "beta")] {
+            let row = c
+                .query_one(
+                    "select current_setting('search_path'), current_setting('myapp.tenant')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                (
+                    row.get::<_, String>(0).as_str(),
+                    row.get::<_, String>(1).as_str()
+                ),
+                (path, tenant)
+            );
+            let got = c
+                .simple_query("begin; select current_setting('myapp.tenant'); commit")
+                .await
+                .unwrap();
+            let v = got.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            });
+            assert_eq!(v.as_deref(), Some(tenant));
+        }
+    }
+    // A SET rolled back with its transaction does not stick.
+    a.batch_execute("begin; set myapp.tenant = 'gamma'; rollback")
+        .await
+        .unwrap();
+    let t: String = a
+        .query_one("select current_setting('myapp.tenant')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(t, "alpha");
+    // RESET goes back to the default.
+    a.batch_execute("reset search_path").await.unwrap();
+    let p: String = a
+        .query_one("select current_setting('search_path')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(p, "\"$user\", public");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinning_cases_keep_their_session_state() {
+    // Each pinned client holds a connection; the pool leaves room for the others.
+    let env = start(Setup {
+        replicas: 1,
+        tweak: |c| c.pool.size = 8,
+        ..Default::default()
+    })
+    .await;
+    let primary = primary_port(&env);
+    // Temp table: created in one request, used in later ones, reads included.
+    let t = env.connect().await;
+    t.batch_execute("create temp table tt (a int)")
+        .await
+        .unwrap();
+    t.batch_execute("insert into tt values (1), (2)")
+        .await
+        .unwrap();
+    let n: i64 = t
+        .query_one("select count(*) from tt", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    assert_eq!(
+        port_of(&t, "select inet_server_port()").await,
+        primary,
+        "a pinned client stays on its connection"
+    );
+
+    // SQL PREPARE / EXECUTE across requests.
+    let p = env.connect().await;
+    p.batch_execute("prepare two as select 2").await.unwrap();
+    let rows = p.simple_query("execute two").await.unwrap();
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2"))));
+
+    // Session advisory lock: unlock in a later request finds the same session.
+    let l = env.connect().await;
+    l.batch_execute("select pg_advisory_lock(42)")
+        .await
+        .unwrap();
+    let unlocked: bool = l
+        .query_one("select pg_advisory_unlock(42)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(unlocked);
+
+    // WITH HOLD cursor survives the transaction that declared it.
+    let h = env.connect().await;
+    h.batch_execute(
+        "begin; declare c cursor with hold for select g from generate_series(1, 3) g; commit",
+    )
+    .await
+    .unwrap();
+    let rows = h.simple_query("fetch all from c").await.unwrap();
+    assert_eq!(
+        rows.iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count(),
+        3
+    );
+
+    // LISTEN in transaction mode: notifications still arrive.
+    let (listener, mut conn) =
+        tokio_postgres::connect(&env.dsn("app", "app", "app"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener.batch_execute("listen pings").await.unwrap();
+    let other = env.connect().await;
+    other.batch_execute("notify pings, 'hello'").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("notification arrives");
+    assert_eq!(got.as_deref(), Some("hello"));
+    // The pinned clients did not take the pool with them: others still run.
+    let n: i64 = other
+        .query_one("select count(*) from pg_class", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_mid_run_costs_readers_nothing() {
+    let env = start(Setup {
+        replicas: 2,
+        extra_yaml: "health:\n  interval_ms: 200\n  timeout_ms: 500\n  ban_ms: 1000\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let down = env.cluster.replicas[0].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let c = env.connect().await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v: i32 = c
+                    .query_one("select $1::int", &[&7i32])
+                    .await
+                    .expect("read through proxy")
+                    .get(0);
+                assert_eq!(v, 7);
+                c.simple_query("select 1")
+                    .await
+                    .expect("simple read through proxy");
+                n += 1;
+            }
+            n
+        }));
+    }
+    // Let traffic flow, stop a replica under it, and keep reading.
+    let c = env.connect().await;
+    wait_for(
+        "reads on the first replica",
+        Duration::from_secs(10),
+        || async {
+            (port_of(&c, "select inet_server_port()").await == down.port as i32).then_some(())
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| down.stop());
+    let survivor = env.cluster.replicas[1].port as i32;
+    for _ in 0..20 {
+        assert_eq!(port_of(&c, "select inet_server_port()").await, survivor);
+    }
+    tokio::task::block_in_place(|| down.start()).unwrap();
+    wait_for(
+        "the restarted replica to serve reads again",
+        Duration::from_secs(30),
+        || async {
+            (port_of(&c, "select inet_server_port()").await == down.port as i32).then_some(())
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for r in readers {
+        total += r.await.expect("reader saw no error");
+    }
+    assert!(total > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_named_statements_in_transaction_mode() {
+    let env = start(Setup {
+        replicas: 1,
+        tweak: |c| c.pool.size = 2,
+        ..Default::default()
+    })
+    .await;
+    env.direct()
+        .await
+        .batch_execute("create table kv (k int primary key, v text); grant all on kv to app")
+        .await
+        .unwrap();
+    let script = r#"
+import asyncio, sys, asyncpg
+async def worker(dsn, wid):
+    conn = await asyncpg.connect(dsn)
+    for i in range(20):
+        async with conn.transaction():
+            await conn.execute("insert into kv values ($1, $2)", wid * 1000 + i, "w%d" % wid)
+            got = await conn.fetchval("select v from kv where k = $1", wid * 1000 + i)
+            assert got == "w%d" % wid, got
+        # Outside a transaction: asyncpg's statement cache reuses named statements.
+        assert await conn.fetchval("select $1::int * 2", i) == i * 2
+    await conn.close()
+async def main(dsn):
+    await asyncio.gather(*(worker(dsn, w) for w in range(6)))
+asyncio.run(main(sys.argv[1]))
+print("ok")
+"#;
+    let dsn = env.dsn("app", "app", "app");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        common::run_cmd(std::process::Command::new("python3").args(["-c", script, &dsn]))
+    });
+    assert!(ok && out.trim() == "ok", "asyncpg failed:\n{out}\n{err}");
+    let n: i64 = env
+        .direct()
+        .await
+        .query_one("select count(*) from kv", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 120);
+}
