@@ -39,22 +39,23 @@ pub async fn serve(
 async fn handle(tcp: TcpStream, shared: &Arc<Shared>) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_millis(shared.config.limits.startup_timeout_ms);
-    let initial =
-        match tokio::time::timeout(timeout, startup::negotiate(tcp, shared.tls.as_ref())).await {
-            Err(_) => anyhow::bail!("startup timed out"),
-            Ok(Err(StartupError::Fatal {
-                stream,
-                code,
-                message,
-            })) => {
-                if let Some(mut s) = stream {
-                    startup::refuse(&mut s, code, &message).await;
-                }
-                anyhow::bail!("startup refused: {message}");
+    // Boxed so the TLS handshake's large state is freed once the session runs.
+    let negotiation = Box::pin(startup::negotiate(tcp, shared.tls.as_ref()));
+    let initial = match tokio::time::timeout(timeout, negotiation).await {
+        Err(_) => anyhow::bail!("startup timed out"),
+        Ok(Err(StartupError::Fatal {
+            stream,
+            code,
+            message,
+        })) => {
+            if let Some(mut s) = stream {
+                startup::refuse(&mut s, code, &message).await;
             }
-            Ok(Err(StartupError::Io(e))) => return Err(e.into()),
-            Ok(Ok(i)) => i,
-        };
+            anyhow::bail!("startup refused: {message}");
+        }
+        Ok(Err(StartupError::Io(e))) => return Err(e.into()),
+        Ok(Ok(i)) => i,
+    };
     match initial {
         Initial::Cancel { pid, secret } => {
             shared.cancels.cancel(pid, secret).await;

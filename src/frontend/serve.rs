@@ -21,6 +21,11 @@ impl Session {
         // rule applies: skip to the next Sync.
         let mut skip_to_sync = false;
         loop {
+            if request.is_empty() {
+                // Between requests a client holds no buffers.
+                self.client.release_buffer();
+                self.out = BytesMut::new();
+            }
             let frame = match self.client.read_frame().await {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
@@ -55,7 +60,9 @@ impl Session {
                 continue;
             }
             let plan = self.route(&req);
-            match self.run_request(plan, req, tag).await? {
+            // Boxed: an idle client's task then holds only this loop's small state, not
+            // the relay's (the largest future in a session).
+            match Box::pin(self.run_request(plan, req, tag)).await? {
                 Some(true) => skip_to_sync = true,
                 Some(false) => {}
                 None => return Ok(()),

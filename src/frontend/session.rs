@@ -73,12 +73,13 @@ pub async fn run(
     });
     let authed = tokio::time::timeout(
         login_timeout,
-        auth::authenticate(
+        // Boxed: SCRAM state is not kept in the task for the whole session.
+        Box::pin(auth::authenticate(
             &mut client,
             shared.config.auth.method,
             auth_user,
             &user_name,
-        ),
+        )),
     )
     .await;
     match authed {
@@ -149,7 +150,7 @@ pub async fn run(
         statements: ClientStatements::default(),
     };
     let result = async {
-        let server = session.login(pid, secret).await?;
+        let server = Box::pin(session.login(pid, secret)).await?;
         session.serve(server).await
     }
     .await;

@@ -33,6 +33,30 @@ impl Frame {
     }
 }
 
+/// Total size of the first message in `buf` if it is complete; its length is checked
+/// against `max_len` before anything is allocated for it.
+pub fn frame_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 || len > max_len {
+        return Err(FrameError::BadLength {
+            len,
+            limit: max_len,
+        });
+    }
+    Ok((buf.len() > len).then_some(len + 1))
+}
+
+/// Takes the first complete message off `buf`, without copying it.
+pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
+    Ok(frame_len(buf, max_len)?.map(|total| {
+        let data = buf.split_to(total);
+        Frame { tag: data[0], data }
+    }))
+}
+
 pub struct FramedStream {
     pub stream: Stream,
     rbuf: BytesMut,
@@ -63,31 +87,22 @@ impl FramedStream {
 
     /// True when a whole frame is already buffered, so a caller can batch its writes.
     pub fn has_buffered_frame(&self) -> bool {
-        matches!(self.split_len(), Ok(Some(_)))
-    }
-
-    fn split_len(&self) -> Result<Option<usize>, FrameError> {
-        if self.rbuf.len() < 5 {
-            return Ok(None);
-        }
-        let len =
-            u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
-        if len < 4 || len > self.max_len {
-            return Err(FrameError::BadLength {
-                len,
-                limit: self.max_len,
-            });
-        }
-        Ok((self.rbuf.len() > len).then_some(len + 1))
+        matches!(frame_len(&self.rbuf, self.max_len), Ok(Some(_)))
     }
 
     /// Next complete frame; `Ok(None)` on a clean end of stream between frames.
     /// Cancel-safe: partial data stays in the buffer.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
-            if let Some(total) = self.split_len()? {
-                let data = self.rbuf.split_to(total);
-                return Ok(Some(Frame { tag: data[0], data }));
+            if let Some(frame) = split_frame(&mut self.rbuf, self.max_len)? {
+                return Ok(Some(frame));
+            }
+            if self.rbuf.capacity() == 0 {
+                // An idle connection holds no buffer: wait until there is something
+                // to read before allocating one (TLS streams cannot tell; they read).
+                if let Stream::Plain(tcp) = &self.stream {
+                    tcp.readable().await?;
+                }
             }
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 // Reserve at least what the pending frame still needs, so a large
@@ -122,6 +137,13 @@ impl FramedStream {
     /// Drops read-buffer capacity once nothing is pending, so idle connections stay small.
     pub fn shrink_if_idle(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > READ_CHUNK {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Gives the read buffer back entirely when nothing is pending (between requests).
+    pub fn release_buffer(&mut self) {
+        if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
     }

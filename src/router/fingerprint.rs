@@ -31,7 +31,7 @@ pub fn fingerprint(sql: &str) -> u64 {
             TokenKind::Literal => out.push(&[3], false),
             TokenKind::Param => out.token(4, text, false),
             TokenKind::Operator => out.token(5, text, false),
-            TokenKind::Punct => out.push(&[6, text[0]], false),
+            TokenKind::Punct => out.push2(6, text[0]),
         }
     }
     out.finish()
@@ -76,28 +76,46 @@ impl FpHasher {
         }
     }
 
-    /// Appends `s`, lower-casing ASCII letters if `fold`.
-    fn push(&mut self, s: &[u8], fold: bool) {
-        for chunk in s.chunks(BUF) {
-            if self.len + chunk.len() > BUF {
-                self.flush();
-            }
-            let dst = &mut self.buf[self.len..self.len + chunk.len()];
-            dst.copy_from_slice(chunk);
-            if fold {
-                dst.make_ascii_lowercase();
-            }
-            self.len += chunk.len();
+    /// Makes room for `n` more bytes (`n <= BUF`).
+    #[inline]
+    fn reserve(&mut self, n: usize) {
+        if self.len + n > BUF {
+            self.flush();
         }
+    }
+
+    #[inline]
+    fn push2(&mut self, a: u8, b: u8) {
+        self.reserve(2);
+        self.buf[self.len] = a;
+        self.buf[self.len + 1] = b;
+        self.len += 2;
+    }
+
+    /// Appends `s`, lower-casing ASCII letters if `fold`. Tokens are short: a byte loop beats
+    /// a `memcpy` call for each.
+    fn push(&mut self, s: &[u8], fold: bool) {
+        if s.len() > BUF {
+            for chunk in s.chunks(BUF) {
+                self.push(chunk, fold);
+            }
+            return;
+        }
+        self.reserve(s.len());
+        let dst = &mut self.buf[self.len..self.len + s.len()];
+        for (d, &b) in dst.iter_mut().zip(s) {
+            *d = if fold { b.to_ascii_lowercase() } else { b };
+        }
+        self.len += s.len();
     }
 
     /// A tag, the length, then the bytes: length-prefixed so that token boundaries can never
     /// be confused (`ab` vs `a b`, `<=` vs `< =`).
     fn token(&mut self, tag: u8, text: &[u8], fold: bool) {
         match u8::try_from(text.len()) {
-            Ok(n) if n < u8::MAX => self.push(&[tag, n], false),
+            Ok(n) if n < u8::MAX => self.push2(tag, n),
             _ => {
-                self.push(&[tag, u8::MAX], false);
+                self.push2(tag, u8::MAX);
                 self.push(&(text.len() as u32).to_le_bytes(), false);
             }
         }

@@ -132,16 +132,43 @@ impl Iterator for Lexer<'_> {
     }
 }
 
+const IDENT_START: u8 = 1;
+const IDENT_CONT: u8 = 2;
+const OP: u8 = 4;
+
+/// Byte classes in one table: the lexer runs on every query, and one lookup per byte is
+/// cheaper than a chain of comparisons.
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            t[c] = IDENT_START | IDENT_CONT;
+        } else if b.is_ascii_digit() || b == b'$' {
+            t[c] = IDENT_CONT;
+        }
+        c += 1;
+    }
+    let ops = b"+-*/<>=~!@#%^&|`?";
+    let mut i = 0;
+    while i < ops.len() {
+        t[ops[i] as usize] = OP;
+        i += 1;
+    }
+    t
+};
+
 fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    CLASSES[c as usize] & IDENT_START != 0
 }
 
 fn is_ident_cont(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+    CLASSES[c as usize] & IDENT_CONT != 0
 }
 
 fn is_op_char(c: u8) -> bool {
-    b"+-*/<>=~!@#%^&|`?".contains(&c)
+    CLASSES[c as usize] & OP != 0
 }
 
 /// End of a `/* */` comment starting at `start`; PostgreSQL comments nest.
