@@ -4,6 +4,7 @@ pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod consistency;
 pub mod frontend;
 pub mod protocol;
 pub mod proxy;

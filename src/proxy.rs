@@ -2,6 +2,7 @@
 
 use crate::backend::pool::{PoolSettings, Pools};
 use crate::config::{Config, ResolvedUser};
+use crate::consistency::TableClock;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::scram::Verifier;
 use crate::router::parse_cache::ParseCache;
@@ -32,6 +33,7 @@ pub struct Shared {
     /// Published by monitors; sessions only read it.
     pub topology: Arc<ArcSwap<Topology>>,
     pub balancer: Balancer,
+    pub table_clock: Arc<TableClock>,
 }
 
 pub struct Proxy {
@@ -90,6 +92,7 @@ impl Proxy {
             ),
             topology: topology.clone(),
             balancer: Balancer::default(),
+            table_clock: Arc::new(TableClock::default()),
             client_slots: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             config,
             users,
@@ -98,13 +101,7 @@ impl Proxy {
             tls,
         });
         let (shutdown, rx) = watch::channel(false);
-        crate::topology::health::spawn(
-            topology,
-            shared.config.health.clone(),
-            monitor_creds,
-            shared.config.server_tls,
-            rx.clone(),
-        );
+        crate::topology::health::spawn(topology, &shared.config, monitor_creds, rx.clone());
         tokio::spawn(crate::frontend::listener::serve(
             listener,
             shared.clone(),

@@ -350,7 +350,7 @@ async fn oversized_and_invalid_messages_after_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_dropped_after_startup_timeout() {
     let env = start(Setup {
-        tweak: |c| c.limits.startup_timeout_ms = 300,
+        tweak: |c| c.limits.startup_timeout_ms = 1500,
         ..Default::default()
     })
     .await;

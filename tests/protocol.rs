@@ -1329,7 +1329,7 @@ async fn application_name_per_client_on_a_shared_server() {
     );
     let n: i64 = direct
         .query_one(
-            "select count(*) from pg_stat_activity where usename = 'app'",
+            "select count(*) from pg_stat_activity where usename = 'app' and application_name <> 'pgwarden-monitor'",
             &[],
         )
         .await
@@ -1451,7 +1451,7 @@ async fn open_two_server_connections(env: &Env) {
         .direct()
         .await
         .query_one(
-            "select count(*) from pg_stat_activity where usename = 'app'",
+            "select count(*) from pg_stat_activity where usename = 'app' and application_name <> 'pgwarden-monitor'",
             &[],
         )
         .await

@@ -120,14 +120,17 @@ async fn transactions_hints_and_session_route() {
     assert_eq!(port_of(&c, "select inet_server_port()").await, primary);
     c.batch_execute("commit").await.unwrap();
 
-    // READ ONLY transactions go to a replica and stay on one server.
-    c.batch_execute("begin read only").await.unwrap();
-    let p1 = port_of(&c, "select inet_server_port()").await;
-    let p2 = port_of(&c, "select inet_server_port()").await;
-    c.batch_execute("commit").await.unwrap();
+    // READ ONLY transactions go to a replica and stay on one server. (A session that
+    // has not written, so that read-your-writes does not hold it on the primary.)
+    let r = env.connect().await;
+    r.batch_execute("begin read only").await.unwrap();
+    let p1 = port_of(&r, "select inet_server_port()").await;
+    let p2 = port_of(&r, "select inet_server_port()").await;
+    r.batch_execute("commit").await.unwrap();
     assert!(replicas.contains(&p1) && p1 == p2, "{p1} {p2}");
-    let p = port_of(&c, "start transaction isolation level repeatable read, read only; select inet_server_port(); commit").await;
+    let p = port_of(&r, "start transaction isolation level repeatable read, read only; select inet_server_port(); commit").await;
     assert!(replicas.contains(&p), "{p}");
+    let c = r;
 
     // tokio-postgres' transaction API (BEGIN is a plain read-write BEGIN).
     let mut c2 = env.connect().await;

@@ -7,6 +7,7 @@ use crate::protocol::{messages, Frame, FrameError, FramedStream, Stream};
 use bytes::{Buf, BytesMut};
 use pgwire::messages::startup::Startup;
 use pgwire::messages::Message;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +56,8 @@ pub struct ConnectSpec {
     pub connect_timeout: Duration,
     /// Named statements kept prepared per connection.
     pub prepared_capacity: usize,
+    /// Shown in pg_stat_activity, so operators tell pooled and monitor connections apart.
+    pub application_name: &'static str,
 }
 
 pub struct ServerConn {
@@ -119,7 +122,7 @@ async fn connect_inner(spec: &ConnectSpec) -> Result<ServerConn, BackendError> {
         .insert("database".into(), spec.database.clone());
     startup
         .parameters
-        .insert("application_name".into(), "pgwarden".into());
+        .insert("application_name".into(), spec.application_name.into());
     let mut buf = BytesMut::new();
     startup
         .encode(&mut buf)
@@ -259,12 +262,55 @@ impl ServerConn {
         res
     }
 
+    /// Runs a query of the proxy's own and returns its first row as text.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, BackendError> {
+        Ok(self
+            .query_rows(sql)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// Runs a query of the proxy's own and returns its rows as text.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        let mut buf = BytesMut::new();
+        messages::query(&mut buf, sql);
+        self.io.write_all(&buf).await?;
+        self.io.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = self.read().await?;
+            match frame.tag {
+                b'Z' => break,
+                b'E' => error = Some(server_error(frame)),
+                b'D' => rows.push(parse_data_row(frame.body())),
+                b'S' => self.note_parameter(frame.body()),
+                b'G' | b'H' | b'W' => {
+                    self.broken = true;
+                    return Err(BackendError::Protocol("unexpected COPY".into()));
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
     /// True if the server sent something unprompted (an error, or closed): such a
     /// connection is not handed out again.
     pub async fn has_unexpected_input(&mut self) -> bool {
-        tokio::time::timeout(Duration::ZERO, self.io.read_frame())
-            .await
-            .is_ok()
+        // Polled exactly once: a zero timeout would round up to tokio's 1 ms timer tick
+        // on every checkout. read_frame is cancel-safe, so dropping it loses nothing.
+        let read = self.io.read_frame();
+        let mut read = std::pin::pin!(read);
+        std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx).is_ready())).await
     }
 
     /// Brings the connection to the client's startup parameters: SET what differs,
@@ -305,4 +351,29 @@ pub fn quote_ident(s: &str) -> String {
 
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Text columns of a DataRow body.
+fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    if body.len() < 2 {
+        return out;
+    }
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut rest = &body[2..];
+    for _ in 0..n {
+        if rest.len() < 4 {
+            break;
+        }
+        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = (len as usize).min(rest.len());
+        out.push(Some(String::from_utf8_lossy(&rest[..len]).into_owned()));
+        rest = &rest[len..];
+    }
+    out
 }

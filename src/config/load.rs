@@ -83,6 +83,9 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     if c.routing.parse_cache_size == 0 {
         return Err(invalid("routing.parse_cache_size", "must be at least 1"));
     }
+    if c.consistency.lag_interval_ms == 0 {
+        return Err(invalid("consistency.lag_interval_ms", "must be at least 1"));
+    }
     if c.health.interval_ms == 0 || c.health.timeout_ms == 0 {
         return Err(invalid(
             "health",

@@ -28,6 +28,8 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
+    #[serde(default)]
+    pub consistency: ConsistencyConfig,
     pub users: Vec<User>,
     pub nodes: Vec<Node>,
 }
@@ -212,6 +214,71 @@ impl Default for HealthConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyMode {
+    /// Read-your-writes plus the table clock: no read sees a table older than any
+    /// write to it that a client of this proxy (or fleet) saw committed.
+    #[default]
+    Strict,
+    /// Read-your-writes only.
+    Session,
+    /// Only the lag budget.
+    Eventual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LagSource {
+    /// pg_last_wal_replay_lsn() on each replica (streaming replication).
+    #[default]
+    Postgres,
+    /// aurora_replica_status() on the writer; positions become times.
+    Aurora,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    pub mode: ConsistencyMode,
+    /// How long a read waits for a replica to catch up before it goes to the primary.
+    pub max_wait_ms: u64,
+    /// Replicas further behind than this (bytes of WAL) get no reads.
+    pub max_lag_bytes: u64,
+    /// Replicas further behind than this (ms) get no reads.
+    pub max_lag_ms: u64,
+    /// How often each replica's replay position is read.
+    pub lag_interval_ms: u64,
+    pub lag_source: LagSource,
+    /// Among eligible replicas the nearest (lowest round-trip time) is used unless it
+    /// has this many more queries in flight than the next one.
+    pub nearest_tolerance: usize,
+    /// Redis (or ElastiCache) URL for sharing the table clock with other proxies.
+    pub fleet_redis_url: Option<String>,
+    /// Key and channel prefix in Redis.
+    pub fleet_prefix: String,
+    /// With a fleet, hold a write's reply until its commit position is published (at
+    /// most this long), so another proxy cannot serve a stale read of it.
+    pub fleet_publish_wait_ms: u64,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        ConsistencyConfig {
+            mode: ConsistencyMode::Strict,
+            max_wait_ms: 50,
+            max_lag_bytes: 64 * 1024 * 1024,
+            max_lag_ms: 30_000,
+            lag_interval_ms: 100,
+            lag_source: LagSource::Postgres,
+            nearest_tolerance: 4,
+            fleet_redis_url: None,
+            fleet_prefix: "pgwarden".into(),
+            fleet_publish_wait_ms: 50,
+        }
+    }
+}
+
 /// Credentials the proxy's own monitors use; default: the first user's server
 /// credentials, database `postgres`.
 #[derive(Clone, Deserialize, Default)]
@@ -250,6 +317,9 @@ pub struct Node {
     /// Share of reads for weighted_random balancing.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Aurora `server_id` of this instance (lag_source: aurora); defaults to `name`.
+    #[serde(default)]
+    pub aurora_id: Option<String>,
 }
 
 fn default_weight() -> u32 {

@@ -81,3 +81,29 @@ async fn handle(tcp: TcpStream, shared: &Arc<Shared>) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn future_sizes() {
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let cfg = crate::config::load_str("users: [{name: app, password: app}]\nnodes: [{name: p, host: 127.0.0.1, port: 1, role: primary}]\n").unwrap();
+            let proxy = crate::Proxy::start(cfg, None).await.unwrap();
+            let f = super::handle(c, &proxy.shared);
+            println!("handle future: {} bytes", size(&f));
+            let c2 = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let f2 = super::super::session::run(crate::protocol::Stream::Plain(c2), Default::default(), proxy.shared.clone(), std::time::Duration::from_secs(1));
+            println!("session::run future: {} bytes", size(&f2));
+            println!("Session: {} bytes, FramedStream {} bytes, Stream {} bytes", super::super::session::session_size(), std::mem::size_of::<crate::protocol::FramedStream>(), std::mem::size_of::<crate::protocol::Stream>());
+        });
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cancel;
+mod commit;
 pub mod listener;
 mod options;
 pub mod pipeline;

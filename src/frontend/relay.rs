@@ -15,6 +15,9 @@ const HIGH_WATER: usize = 64 * 1024;
 pub(super) struct Progress {
     /// Replies still to come, message by message.
     pub(super) pipeline: Pipeline,
+    pub(super) txn: TxnOutcome,
+    /// Tables of a commit whose position is still to be read.
+    pub(super) commit: Option<Vec<String>>,
     /// An extended-protocol batch was sent without its Sync yet.
     open_batch: bool,
     /// COPY in or out in progress.
@@ -77,6 +80,15 @@ pub(super) fn valid_client_tag(tag: u8) -> bool {
     )
 }
 
+/// When a request may run again elsewhere after its server failed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Retry {
+    /// The server answered "shutting down" (57P01-57P03) first: the request never ran.
+    pub going_away: bool,
+    /// The connection broke before any answer: only safe for reads.
+    pub lost: bool,
+}
+
 pub(super) enum Flow {
     /// The server owes nothing and may be released (transaction mode).
     Idle,
@@ -85,11 +97,15 @@ pub(super) enum Flow {
     Retry,
 }
 
-/// How the current transaction (or autocommit statement) ended, for SET tracking.
+/// What the current transaction (or autocommit statement) did and how it ended.
 #[derive(Default)]
-struct TxnOutcome {
+pub(super) struct TxnOutcome {
     failed: bool,
     rolled_back: bool,
+    /// A statement that writes ran.
+    wrote: bool,
+    /// The tables it wrote, where known.
+    tables: Vec<String>,
 }
 
 /// Errors that mean the node is shutting down or restarting, not that the query failed.
@@ -114,17 +130,18 @@ impl Session {
         p: &mut Progress,
         first: BytesMut,
         hold: bool,
-        retryable: bool,
+        retry: Retry,
     ) -> anyhow::Result<Flow> {
         let mut to_server = BytesMut::new();
-        let mut txn = TxnOutcome::default();
         let flushed_at_start = self.flushed;
         self.statements.attached();
         for frame in split_frames(first) {
             self.forward(frame, server, p, &mut to_server);
         }
         loop {
-            let can_retry = retryable && self.flushed == flushed_at_start;
+            // Retrying is only possible while the client has seen nothing of the answer.
+            let untouched = self.flushed == flushed_at_start;
+            let can_retry = retry.lost && untouched;
             if !to_server.is_empty() {
                 let sent = async {
                     server.io.write_all(&to_server).await?;
@@ -142,6 +159,11 @@ impl Session {
             // Replies the proxy owes before the server's next one (e.g. a dropped
             // Parse followed by Flush) go out now.
             p.pipeline.drain_leading_injects(&mut self.out);
+            if p.commit.is_some() && p.pipeline.is_empty() {
+                self.flush_out().await?;
+                let tables = p.commit.take().unwrap_or_default();
+                self.capture_commit(server, tables).await;
+            }
             if !hold && p.idle() {
                 self.flush_out().await?;
                 return Ok(Flow::Idle);
@@ -157,17 +179,21 @@ impl Session {
                         Ok(None) => return Err(self.server_lost(server, "server closed the connection".into()).await),
                         Err(e) => return Err(self.server_lost(server, e.to_string()).await),
                     };
-                    if can_retry && frame.tag == b'E' && node_going_away(frame.body()) {
+                    if (retry.going_away || retry.lost) && untouched && frame.tag == b'E' && node_going_away(frame.body()) {
                         return Ok(self.retry(server));
                     }
                     p.received(frame.tag, frame.body());
                     match frame.tag {
                         b'S' => server.note_parameter(frame.body()),
-                        b'E' => txn.failed = true,
-                        b'C' if frame.body().starts_with(b"ROLLBACK") => txn.rolled_back = true,
+                        b'E' => p.txn.failed = true,
+                        b'C' if frame.body().starts_with(b"ROLLBACK") => p.txn.rolled_back = true,
                         b'Z' if p.status() == b'I' => {
-                            self.settle_sets(server, !txn.failed && !txn.rolled_back);
-                            txn = TxnOutcome::default();
+                            let txn = std::mem::take(&mut p.txn);
+                            let committed = !txn.failed && !txn.rolled_back;
+                            self.settle_sets(server, committed);
+                            if committed && txn.wrote {
+                                self.commit_acknowledged(txn.tables, &mut p.commit);
+                            }
                         }
                         _ => {}
                     }
@@ -177,6 +203,12 @@ impl Session {
                     p.pipeline.after_server(&mut self.out);
                     if self.out.len() >= HIGH_WATER || !server.io.has_buffered_frame() {
                         self.flush_out().await?;
+                    }
+                    // The commit's position is read once nothing else is in flight on
+                    // this connection (the client's reply has already gone out).
+                    if p.commit.is_some() && p.pipeline.is_empty() && self.out.is_empty() {
+                        let tables = p.commit.take().unwrap_or_default();
+                        self.capture_commit(server, tables).await;
                     }
                 }
                 r = self.client.read_frame() => {
@@ -230,6 +262,10 @@ impl Session {
             .then(|| sql_text(frame.body()))
             .flatten()
             .map(|sql| self.shared.parse_cache.analyze(sql));
+        let bound = (frame.tag == b'B')
+            .then(|| bound_statement(frame.body()))
+            .flatten()
+            .and_then(|name| self.statements.analysis_of(name));
         let parsed = self.statements.rewrite(
             frame,
             &self.shared.parse_cache,
@@ -237,6 +273,13 @@ impl Session {
             &mut p.pipeline,
             to_server,
         );
+        // What runs (a Query, or an Execute of a bound statement) may write.
+        if let Some(a) = query.as_ref().or(bound.as_ref()) {
+            if a.is_write() {
+                p.txn.wrote = true;
+                p.txn.tables.extend(a.writes().map(|t| t.name.clone()));
+            }
+        }
         if let Some(a) = query.or(parsed) {
             self.note_session_effects(&a);
         }
@@ -264,4 +307,12 @@ pub(super) fn split_frames(mut buf: BytesMut) -> impl Iterator<Item = Frame> {
         let data = buf.split_to((len + 1).min(buf.len()));
         Some(Frame { tag: data[0], data })
     })
+}
+
+/// The statement name of a Bind body (after the portal name).
+fn bound_statement(body: &[u8]) -> Option<&[u8]> {
+    let p = body.iter().position(|&b| b == 0)?;
+    let rest = &body[p + 1..];
+    let s = rest.iter().position(|&b| b == 0)?;
+    Some(&rest[..s])
 }

@@ -5,14 +5,16 @@
 use super::session::{CheckoutError, Server, Session};
 use crate::backend::pool::PoolKey;
 use crate::backend::{BackendError, ConnectSpec};
+use crate::config::ConsistencyMode;
 use crate::config::PoolMode;
 use crate::router::analysis::{Analysis, SetStmt};
 use crate::router::fingerprint::leading_hint;
 use crate::router::plan::{self, Plan, RequestPart, Route, RouteOverride, SessionView};
-use crate::topology::Node;
+use crate::topology::{balancer, Node, ReadNeed};
 use deadpool::managed::PoolError;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// Splits a NUL-terminated string off the front of `b`.
 fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -41,11 +43,12 @@ fn node_unavailable(e: &BackendError) -> bool {
 }
 
 impl Session {
-    /// Decides where a complete request goes.
-    pub(super) fn route(&mut self, req: &[u8]) -> Plan {
+    /// Decides where a complete request goes, and what a replica must have replayed.
+    pub(super) fn route(&mut self, req: &[u8]) -> (Plan, u64) {
         let mut analyses: Vec<(Arc<Analysis>, Option<crate::router::fingerprint::Hint>)> =
             Vec::new();
         let mut function_call = false;
+        let mut executes = false;
         let mut rest = req;
         while rest.len() >= 5 {
             let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
@@ -65,10 +68,12 @@ impl Session {
                     }
                 }
                 b'F' => function_call = true,
+                b'E' => executes = true,
                 _ => {}
             }
             rest = rest.get(len + 1..).unwrap_or(&[]);
         }
+        self.request_executes = executes || req.first() == Some(&b'Q');
         let mut parts: Vec<RequestPart<'_>> = analyses
             .iter()
             .map(|(a, h)| RequestPart::Sql(a, *h))
@@ -93,12 +98,25 @@ impl Session {
         };
         metrics::counter!("pgwarden_queries_total", "route" => route, "reason" => p.reason.label())
             .increment(1);
-        p
+        if p.route == Route::Primary {
+            return (p, 0);
+        }
+        let reads: Vec<&str> = analyses
+            .iter()
+            .flat_map(|(a, _)| a.reads())
+            .map(|t| t.name.as_str())
+            .collect();
+        (p, self.min_position(&reads))
     }
 
     /// Answers a simple Query made only of `SET/RESET pgwarden.*` itself: these are
     /// the proxy's settings (and `primary` is a reserved word PostgreSQL would reject
     /// unquoted). Returns false when the request is anything else.
+    /// Cheap pre-check for answer_proxy_settings.
+    pub(super) fn is_proxy_settings(&self, req: &[u8]) -> bool {
+        req.first() == Some(&b'Q') && contains_ci(req, b"pgwarden.")
+    }
+
     pub(super) async fn answer_proxy_settings(&mut self, req: &[u8]) -> std::io::Result<bool> {
         if req.first() != Some(&b'Q') || !contains_ci(req, b"pgwarden.") {
             return Ok(false);
@@ -161,6 +179,23 @@ impl Session {
                 Some(SetStmt::Reset { name }) if name.eq_ignore_ascii_case("pgwarden.route") => {
                     self.route_override = RouteOverride::Auto;
                 }
+                Some(SetStmt::Set {
+                    name,
+                    value,
+                    local: false,
+                }) if name.eq_ignore_ascii_case("pgwarden.consistency") => {
+                    self.consistency = match value.trim_matches('\'').to_ascii_lowercase().as_str()
+                    {
+                        "session" => ConsistencyMode::Session,
+                        "eventual" => ConsistencyMode::Eventual,
+                        _ => ConsistencyMode::Strict,
+                    };
+                }
+                Some(SetStmt::Reset { name })
+                    if name.eq_ignore_ascii_case("pgwarden.consistency") =>
+                {
+                    self.consistency = self.shared.config.consistency.mode;
+                }
                 Some(SetStmt::Set { local: true, .. }) | None => {}
                 Some(other) => self.pending_sets.push(other.clone()),
             }
@@ -218,47 +253,88 @@ impl Session {
         server.applied = self.params.clone();
     }
 
-    /// Checks out a server for a plan: a replica chosen by the balancer (skipping nodes
-    /// that fail to connect, which get banned), else the primary.
+    /// Checks out a server for a plan. Replica plans go to a replica that has replayed
+    /// `min_position` and is within the lag budget, nearest first, then by the balancer;
+    /// when none qualifies the read waits up to `consistency.max_wait_ms` for one to catch
+    /// up, then goes to the primary. Replicas that fail to connect are banned and skipped.
     pub(super) async fn checkout_for(
         &mut self,
         plan: &Plan,
+        min_position: u64,
         excluded: &[String],
     ) -> Result<(Server, Arc<Node>), CheckoutError> {
         let topo = self.shared.topology.load_full();
         if plan.route == Route::Replica {
-            let mut tried: Vec<&str> = excluded.iter().map(String::as_str).collect();
+            let shared = self.shared.clone();
+            let cfg = &shared.config;
+            let need = ReadNeed {
+                min_position,
+                max_lag_bytes: cfg.consistency.max_lag_bytes,
+                max_lag_ms: cfg.consistency.max_lag_ms,
+            };
+            let mut tried: Vec<String> = excluded.to_vec();
+            let deadline = Instant::now() + Duration::from_millis(cfg.consistency.max_wait_ms);
+            let mut waited = false;
             loop {
-                let candidates: Vec<&Arc<Node>> = topo
-                    .read_candidates(self.shared.config.routing.primary_reads)
-                    .into_iter()
-                    .filter(|n| !tried.contains(&n.name.as_str()))
-                    .collect();
-                let Some(node) = self.shared.balancer.pick(
-                    self.shared.config.routing.load_balance,
-                    &candidates,
+                // Registered before looking, so a sample published in between wakes us.
+                let changed = topo.lag_changed.notified();
+                let eligible = topo.eligible(cfg.routing.primary_reads, &need, &tried);
+                let near = balancer::nearest(eligible, cfg.consistency.nearest_tolerance);
+                if let Some(node) = shared.balancer.pick(
+                    cfg.routing.load_balance,
+                    &near,
                     rand::random(),
-                ) else {
-                    break;
-                };
-                match self.checkout_node(node).await {
-                    Ok(s) => return Ok((s, node.clone())),
-                    Err(CheckoutError::Pool(PoolError::Backend(e))) if node_unavailable(&e) => {
-                        node.ban(
-                            topo.now_ms(),
-                            self.shared.config.health.ban_ms,
-                            &e.to_string(),
-                        );
-                        tried.push(&node.name);
+                    self.request_executes,
+                ) {
+                    let node = node.clone();
+                    match self.checkout_node(&node).await {
+                        Ok(s) => {
+                            let decision = if waited { "waited" } else { "replica" };
+                            metrics::counter!("pgwarden_reads_total", "decision" => decision)
+                                .increment(1);
+                            return Ok((s, node));
+                        }
+                        Err(CheckoutError::Pool(PoolError::Backend(e))) if node_unavailable(&e) => {
+                            node.ban(topo.now_ms(), cfg.health.ban_ms, &e.to_string());
+                            tried.push(node.name.clone());
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
+                let now = Instant::now();
+                if now >= deadline || !topo.has_usable_replica() {
+                    break;
+                }
+                waited = true;
+                let _ = tokio::time::timeout(deadline - now, changed).await;
             }
-            metrics::counter!("pgwarden_replica_fallbacks_total").increment(1);
+            metrics::counter!("pgwarden_reads_total", "decision" => "primary_fallback")
+                .increment(1);
         }
         let primary = topo.primary().expect("config has a primary").clone();
         let s = self.checkout_node(&primary).await?;
         Ok((s, primary))
+    }
+
+    /// The replayed position a read in this request needs, by the session's mode.
+    fn min_position(&mut self, reads: &[&str]) -> u64 {
+        if let Some(since) = self.unknown_commit_since {
+            // Long enough for any replica within the lag budget to have replayed it.
+            if since.elapsed() > Duration::from_millis(self.shared.config.consistency.max_lag_ms) {
+                self.unknown_commit_since = None;
+                self.last_commit = 0;
+            }
+        }
+        match self.consistency {
+            ConsistencyMode::Eventual => 0,
+            ConsistencyMode::Session => self.last_commit,
+            ConsistencyMode::Strict => self.last_commit.max(
+                self.shared
+                    .table_clock
+                    .max_of(&self.database, reads.iter().copied()),
+            ),
+        }
     }
 
     async fn checkout_node(&mut self, node: &Arc<Node>) -> Result<Server, CheckoutError> {
@@ -278,6 +354,7 @@ impl Session {
             tls: cfg.server_tls,
             connect_timeout: Duration::from_millis(cfg.pool.connect_timeout_ms),
             prepared_capacity: cfg.pool.prepared_statements_per_server,
+            application_name: "pgwarden",
         });
         self.checkout_from(&entry.pool).await
     }

@@ -2,7 +2,7 @@
 //! check out a server on the chosen node, and hand over to the relay. Reads that fail
 //! before any answer reached the client are retried on another node.
 
-use super::relay::{completes_request, valid_client_tag, Flow, Progress};
+use super::relay::{completes_request, valid_client_tag, Flow, Progress, Retry};
 use super::session::{CheckoutError, Server, Session};
 use crate::config::PoolMode;
 use crate::protocol::{messages, sqlstate};
@@ -14,7 +14,7 @@ impl Session {
     /// session (session mode).
     pub(super) async fn serve(&mut self, held: Option<Server>) -> anyhow::Result<()> {
         if let Some(server) = held {
-            return self.held(server, BytesMut::new()).await;
+            return Box::pin(self.held(server, BytesMut::new())).await;
         }
         let mut request = BytesMut::new();
         // After a failed checkout in the middle of an extended batch, PostgreSQL's
@@ -29,21 +29,21 @@ impl Session {
             let frame = match self.client.read_frame().await {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(self.frame_error(e).await),
+                Err(e) => return Err(Box::pin(self.frame_error(e)).await),
             };
             let tag = frame.tag;
             match tag {
                 b'X' => return Ok(()),
                 // CopyData/Done/Fail outside COPY are dropped, as PostgreSQL does.
                 b'd' | b'c' | b'f' => continue,
-                t if !valid_client_tag(t) => return Err(self.protocol_violation(t).await),
+                t if !valid_client_tag(t) => return Err(Box::pin(self.protocol_violation(t)).await),
                 _ => {}
             }
             if skip_to_sync {
                 if tag == b'S' {
                     skip_to_sync = false;
                     messages::ready_for_query(&mut self.out, b'I');
-                    self.flush_out().await?;
+                    Box::pin(self.flush_out()).await?;
                 }
                 continue;
             }
@@ -56,13 +56,14 @@ impl Session {
             }
             self.client.shrink_if_idle();
             let req = std::mem::take(&mut request);
-            if self.answer_proxy_settings(&req).await? {
+            // Boxed, like every rare path here, to keep an idle client's task small.
+            if self.is_proxy_settings(&req) && Box::pin(self.answer_proxy_settings(&req)).await? {
                 continue;
             }
-            let plan = self.route(&req);
+            let (plan, min_position) = self.route(&req);
             // Boxed: an idle client's task then holds only this loop's small state, not
             // the relay's (the largest future in a session).
-            match Box::pin(self.run_request(plan, req, tag)).await? {
+            match Box::pin(self.run_request(plan, min_position, req, tag)).await? {
                 Some(true) => skip_to_sync = true,
                 Some(false) => {}
                 None => return Ok(()),
@@ -75,19 +76,29 @@ impl Session {
     async fn run_request(
         &mut self,
         plan: Plan,
+        min_position: u64,
         req: BytesMut,
         tag: u8,
     ) -> anyhow::Result<Option<bool>> {
-        // Only a complete request that has not yet been answered can be replayed.
-        let retryable = plan.route == Route::Replica && matches!(tag, b'Q' | b'S');
+        // Only a complete request that has not yet been answered can be replayed: on a
+        // replica whenever its server fails first (a read), on the primary only when the
+        // server said it was shutting down before doing anything (it never ran).
+        let complete = matches!(tag, b'Q' | b'S');
+        let retry = Retry {
+            going_away: complete,
+            lost: complete && plan.route == Route::Replica,
+        };
         let mut excluded: Vec<String> = Vec::new();
         let mut req = req;
+        let mut attempts = 0;
         loop {
-            let (server, node) = match self.checkout_for(&plan, &excluded).await {
+            attempts += 1;
+            let retry = if attempts < 4 { retry } else { Retry::default() };
+            let (server, node) = match self.checkout_for(&plan, min_position, &excluded).await {
                 Ok(s) => s,
                 Err(e) => return self.checkout_failed(e, tag).await.map(Some),
             };
-            let copy = retryable.then(|| req.clone());
+            let copy = (retry.going_away || retry.lost).then(|| req.clone());
             self.attached_route = if node.role == crate::config::Role::Primary {
                 "primary"
             } else {
@@ -97,20 +108,22 @@ impl Session {
                 return self.held(server, req).await.map(|_| None);
             }
             node.runtime.begin_query();
-            let flow = self.attached_until_idle(server, req, retryable).await;
+            let flow = self.attached_until_idle(server, req, retry).await;
             node.runtime.end_query();
             match flow? {
                 Flow::Idle => return Ok(Some(false)),
                 Flow::ClientGone => return Ok(None),
                 Flow::Retry => {
-                    let topo = self.shared.topology.load();
-                    node.ban(
-                        topo.now_ms(),
-                        self.shared.config.health.ban_ms,
-                        "server went away before answering",
-                    );
-                    metrics::counter!("pgwarden_read_retries_total").increment(1);
-                    excluded.push(node.name.clone());
+                    if node.role == crate::config::Role::Replica {
+                        let topo = self.shared.topology.load();
+                        node.ban(
+                            topo.now_ms(),
+                            self.shared.config.health.ban_ms,
+                            "server went away before answering",
+                        );
+                        excluded.push(node.name.clone());
+                    }
+                    metrics::counter!("pgwarden_request_retries_total").increment(1);
                     req = copy.expect("retry is only offered for retryable requests");
                 }
             }
@@ -147,7 +160,7 @@ impl Session {
     async fn held(&mut self, mut server: Server, request: BytesMut) -> anyhow::Result<()> {
         let mut progress = Progress::new();
         let flow = self
-            .relay(&mut server, &mut progress, request, true, false)
+            .relay(&mut server, &mut progress, request, true, Retry::default())
             .await;
         self.finish(server, &progress).await;
         flow.map(|_| ())
@@ -158,11 +171,11 @@ impl Session {
         &mut self,
         mut server: Server,
         request: BytesMut,
-        retryable: bool,
+        retry: Retry,
     ) -> anyhow::Result<Flow> {
         let mut progress = Progress::new();
         let flow = self
-            .relay(&mut server, &mut progress, request, false, retryable)
+            .relay(&mut server, &mut progress, request, false, retry)
             .await;
         match flow {
             Ok(Flow::Idle) if self.pinned.is_some() => {

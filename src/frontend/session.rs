@@ -8,7 +8,7 @@ use crate::backend::conn::quote_literal;
 use crate::backend::pool::ServerPool;
 use crate::backend::pool::{touch, Manager, PoolEntry, PoolKey};
 use crate::backend::{BackendError, ConnectSpec};
-use crate::config::{PoolMode, ResolvedUser};
+use crate::config::{ConsistencyMode, PoolMode, ResolvedUser};
 use crate::protocol::{messages, sqlstate, FrameError, FramedStream, Stream};
 use crate::proxy::Shared;
 use crate::router::analysis::{PinReason, SetStmt};
@@ -42,6 +42,13 @@ pub(super) struct Session {
     pub route_override: RouteOverride,
     /// Session state that cannot move between connections was created.
     pub pinned: Option<PinReason>,
+    /// Commit position of this session's last write (read-your-writes).
+    pub last_commit: u64,
+    /// A commit whose position could not be read: reads go to the primary for a while.
+    pub unknown_commit_since: Option<std::time::Instant>,
+    pub consistency: ConsistencyMode,
+    /// The request being routed runs something (Query or Execute), not just a prepare.
+    pub request_executes: bool,
     /// Where the attached server is ("primary"/"replica"), for metrics.
     pub attached_route: &'static str,
     /// Bytes written to the client so far; a read may only be retried elsewhere
@@ -110,6 +117,7 @@ pub async fn run(
         tls: shared.config.server_tls,
         connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
         prepared_capacity: shared.config.pool.prepared_statements_per_server,
+        application_name: "pgwarden",
     });
     let options = params.get("options").cloned().unwrap_or_default();
     let mut startup_params: Vec<(String, String)> = params
@@ -143,6 +151,10 @@ pub async fn run(
         pending_sets: Vec::new(),
         route_override: RouteOverride::Auto,
         pinned: None,
+        last_commit: 0,
+        unknown_commit_since: None,
+        consistency: shared.config.consistency.mode,
+        request_executes: true,
         attached_route: "primary",
         flushed: 0,
         cancel,
@@ -151,7 +163,7 @@ pub async fn run(
     };
     let result = async {
         let server = Box::pin(session.login(pid, secret)).await?;
-        session.serve(server).await
+        Box::pin(session.serve(server)).await
     }
     .await;
     shared.cancels.unregister(pid);
@@ -330,4 +342,9 @@ fn login_error(e: &CheckoutError) -> BytesMut {
         (_, _, Some(raw)) => raw,
         (code, message, None) => messages::fatal(&code, &message),
     }
+}
+
+#[cfg(test)]
+pub(super) fn session_size() -> usize {
+    std::mem::size_of::<Session>()
 }

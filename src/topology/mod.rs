@@ -5,17 +5,28 @@ pub mod balancer;
 pub mod health;
 pub mod node;
 
-pub use node::{Node, NodeRuntime};
+pub use node::{LagSample, Node, NodeRuntime};
 
 use crate::config::{Config, Role};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What a read requires of a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadNeed {
+    /// Replayed position the replica must have reached (0: any).
+    pub min_position: u64,
+    pub max_lag_bytes: u64,
+    pub max_lag_ms: u64,
+}
 
 /// An immutable view of the nodes; swapped whole when the set of nodes or roles changes.
 pub struct Topology {
     pub nodes: Vec<Arc<Node>>,
     /// Origin for the millisecond clocks kept in atomics.
     pub epoch: Instant,
+    /// Woken after every monitor sample, for reads waiting for a replica to catch up.
+    pub lag_changed: tokio::sync::Notify,
 }
 
 impl Topology {
@@ -31,11 +42,13 @@ impl Topology {
                         port: n.port,
                         role: n.role,
                         weight: n.weight,
+                        aurora_id: n.aurora_id.clone().unwrap_or_else(|| n.name.clone()),
                         runtime: NodeRuntime::default(),
                     })
                 })
                 .collect(),
             epoch,
+            lag_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -45,6 +58,31 @@ impl Topology {
 
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Nodes that may serve a read needing `need` right now.
+    pub fn eligible(
+        &self,
+        include_primary: bool,
+        need: &ReadNeed,
+        excluded: &[String],
+    ) -> Vec<&Arc<Node>> {
+        let now = self.now_ms();
+        self.nodes
+            .iter()
+            .filter(|n| !excluded.iter().any(|e| *e == n.name))
+            .filter(|n| match n.role {
+                Role::Primary => include_primary,
+                Role::Replica => {
+                    !n.runtime.is_banned(now)
+                        && n.runtime.lag().is_some_and(|l| {
+                            l.position >= need.min_position
+                                && l.lag_bytes <= need.max_lag_bytes
+                                && l.lag_ms <= need.max_lag_ms
+                        })
+                }
+            })
+            .collect()
     }
 
     /// Nodes that may serve a read right now.

@@ -2,7 +2,7 @@
 //! without locks).
 
 use crate::config::Role;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 pub struct Node {
     pub name: String,
@@ -10,6 +10,7 @@ pub struct Node {
     pub port: u16,
     pub role: Role,
     pub weight: u32,
+    pub aurora_id: String,
     pub runtime: NodeRuntime,
 }
 
@@ -19,6 +20,23 @@ pub struct NodeRuntime {
     banned_until_ms: AtomicU64,
     /// Queries currently running on this node through this proxy.
     outstanding: AtomicUsize,
+    /// Lower bound of the replayed position (replicas) or current position (primary):
+    /// a WAL LSN, or a time in ms for time-based lag sources. 0 until first measured.
+    position: AtomicU64,
+    lag_bytes: AtomicU64,
+    lag_ms: AtomicU64,
+    /// Round-trip time of the monitor's query, in microseconds (0: unknown).
+    rtt_us: AtomicU64,
+    /// The lag is measured and current (false until the first sample and after a failure).
+    lag_known: AtomicBool,
+}
+
+/// What the lag monitor measured on one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LagSample {
+    pub position: u64,
+    pub lag_bytes: u64,
+    pub lag_ms: u64,
 }
 
 impl NodeRuntime {
@@ -44,6 +62,42 @@ impl NodeRuntime {
 
     pub fn end_query(&self) {
         self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn publish_lag(&self, s: LagSample) {
+        // A position never moves back within a timeline; a lower reading is a race
+        // between samples, not news.
+        self.position.fetch_max(s.position, Ordering::Relaxed);
+        self.lag_bytes.store(s.lag_bytes, Ordering::Relaxed);
+        self.lag_ms.store(s.lag_ms, Ordering::Relaxed);
+        self.lag_known.store(true, Ordering::Release);
+    }
+
+    pub fn lag_unknown(&self) {
+        self.lag_known.store(false, Ordering::Release);
+    }
+
+    pub fn lag(&self) -> Option<LagSample> {
+        self.lag_known.load(Ordering::Acquire).then(|| LagSample {
+            position: self.position.load(Ordering::Relaxed),
+            lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
+            lag_ms: self.lag_ms.load(Ordering::Relaxed),
+        })
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the node's round-trip time (the monitor passes the minimum of its
+    /// recent samples: queueing under load only ever adds to a round trip, distance
+    /// does not go away).
+    pub fn observe_rtt(&self, us: u64) {
+        self.rtt_us.store(us.max(1), Ordering::Relaxed);
+    }
+
+    pub fn rtt_us(&self) -> u64 {
+        self.rtt_us.load(Ordering::Relaxed)
     }
 }
 

@@ -409,11 +409,26 @@ fn deep_nesting_is_refused_not_a_stack_overflow() {
                 .unwrap()
                 .join()
                 .unwrap();
-            if n >= 1000 {
+            if n >= 10_000 {
                 assert!(a.parse_failed, "{}", shape(n));
             }
         }
     }
+    // The longest operator chain admitted, under the deepest nesting admitted.
+    let chain = ["a"; limits::MAX_EXPRESSION_DEPTH + 1].join(" + ");
+    let nest = limits::PARSER_RECURSION_LIMIT / 3;
+    let sql = format!(
+        "SELECT {}{chain}{}",
+        "(SELECT ".repeat(nest),
+        ")".repeat(nest)
+    );
+    let a = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || analyze(&sql, &[]))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(!a.parse_failed);
     // Nested subqueries with an operator chain inside each.
     let chain = ["a"; limits::MAX_EXPRESSION_DEPTH / 8].join(" + ");
     let sql = format!("SELECT {}{chain}{}", "(SELECT ".repeat(6), ")".repeat(6));
@@ -440,4 +455,80 @@ fn moderate_nesting_still_parses() {
         .collect::<Vec<_>>()
         .join(", ");
     assert!(!analyze(&format!("SELECT * FROM t WHERE a IN ({list})"), &[]).parse_failed);
+}
+
+/// Random soups of SQL fragments and odd bytes: nothing may panic, and fingerprints must be
+/// deterministic.
+#[test]
+fn random_input_never_panics() {
+    const PARTS: &[&str] = &[
+        "SELECT ",
+        "FROM ",
+        "t ",
+        "WHERE ",
+        "a = ",
+        "1 ",
+        "'x''y' ",
+        "E'\\'' ",
+        "$$ ",
+        "$q$ ",
+        "$1 ",
+        "( ",
+        ") ",
+        ", ",
+        "; ",
+        "-- c\n",
+        "/* ",
+        "*/ ",
+        "\"Q\" ",
+        "FOR ",
+        "UPDATE ",
+        "NO KEY ",
+        "SET ",
+        "LOCAL ",
+        "TO ",
+        "RESET ",
+        "BEGIN ",
+        "READ ONLY ",
+        "CREATE TEMP TABLE ",
+        "WITH x AS ",
+        "INSERT INTO ",
+        "VALUES ",
+        "DO ",
+        "é ",
+        "\u{0} ",
+        "- ",
+        ":: ",
+        "[ ",
+        "] ",
+        "TABLE ",
+        "EXPLAIN ",
+        "ANALYZE ",
+        "nextval(",
+        "LISTEN ",
+        "e'",
+        "'",
+        "\"",
+        "$",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..3000 {
+        let n = (next() % 14) as usize;
+        let sql: String = (0..n)
+            .map(|_| PARTS[(next() % PARTS.len() as u64) as usize])
+            .collect();
+        let a = analyze(&sql, &[]);
+        assert!(!a.parse_failed || a.statements.is_empty(), "{sql:?}");
+        assert_eq!(
+            crate::router::fingerprint::fingerprint(&sql),
+            crate::router::fingerprint::fingerprint(&sql)
+        );
+        let _ = crate::router::fingerprint::leading_hint(&sql);
+    }
 }

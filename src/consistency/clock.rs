@@ -1,0 +1,120 @@
+//! The table clock: for each (database, table), the commit position of its last write.
+//! A read of those tables is safe on a replica that has replayed past the maximum.
+//! Schemas are ignored on purpose: same-named tables share a clock, which only ever
+//! makes the rule stricter.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct TableClock {
+    // Reads vastly outnumber writes; the lock is held only for a lookup or an insert.
+    map: RwLock<HashMap<String, u64>>,
+    /// Tables with a commit whose position is still being read, until the deadline:
+    /// meanwhile no replica is safe for them.
+    pending: RwLock<HashMap<String, Instant>>,
+}
+
+/// Position that no replica reaches: "read this from the primary".
+pub const UNREACHABLE: u64 = u64::MAX;
+
+fn key(db: &str, table: &str) -> String {
+    format!("{db}\u{1f}{}", table.to_ascii_lowercase())
+}
+
+impl TableClock {
+    /// The last known commit position of a table (0 when never written).
+    pub fn get(&self, db: &str, table: &str) -> u64 {
+        let map = self.map.read().expect("table clock lock");
+        map.get(&key(db, table)).copied().unwrap_or(0)
+    }
+
+    /// The maximum over several tables; UNREACHABLE while one has a commit pending.
+    pub fn max_of<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>) -> u64 {
+        let map = self.map.read().expect("table clock lock");
+        let pending = self.pending.read().expect("table clock lock");
+        let now = Instant::now();
+        let mut max = 0;
+        for t in tables {
+            let k = key(db, t);
+            if pending.get(&k).is_some_and(|d| *d > now) {
+                return UNREACHABLE;
+            }
+            max = max.max(map.get(&k).copied().unwrap_or(0));
+        }
+        max
+    }
+
+    /// A commit to these tables is about to be acknowledged; its position is not known
+    /// yet. Lapses by itself after `ttl` should the position never arrive.
+    pub fn begin_commit<'a>(
+        &self,
+        db: &str,
+        tables: impl IntoIterator<Item = &'a str>,
+        ttl: Duration,
+    ) {
+        let deadline = Instant::now() + ttl;
+        let mut pending = self.pending.write().expect("table clock lock");
+        for t in tables {
+            pending.insert(key(db, t), deadline);
+        }
+    }
+
+    /// The commit's position is known (or given up on): the tables are readable again.
+    pub fn end_commit<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>) {
+        let mut pending = self.pending.write().expect("table clock lock");
+        for t in tables {
+            pending.remove(&key(db, t));
+        }
+    }
+
+    /// Moves tables forward to `lsn` (never back).
+    pub fn advance<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>, lsn: u64) {
+        let mut map = self.map.write().expect("table clock lock");
+        for t in tables {
+            let e = map.entry(key(db, t)).or_insert(0);
+            *e = (*e).max(lsn);
+        }
+        metrics::gauge!("pgwarden_table_clock_entries").set(map.len() as f64);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().expect("table clock lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advances_only_forward_per_database_and_table() {
+        let c = TableClock::default();
+        c.advance("app", ["t", "u"], 100);
+        c.advance("app", ["t"], 50);
+        c.advance("other", ["t"], 500);
+        assert_eq!(c.get("app", "t"), 100);
+        assert_eq!(c.get("app", "T"), 100);
+        assert_eq!(c.max_of("app", ["t", "u", "v"]), 100);
+        assert_eq!(c.get("app", "v"), 0);
+        assert_eq!(c.get("other", "t"), 500);
+    }
+
+    #[test]
+    fn a_pending_commit_makes_its_tables_unreachable_until_it_ends_or_lapses() {
+        let c = TableClock::default();
+        c.begin_commit("app", ["t"], Duration::from_secs(60));
+        assert_eq!(c.max_of("app", ["u", "t"]), UNREACHABLE);
+        assert_eq!(c.max_of("app", ["u"]), 0);
+        c.advance("app", ["t"], 7);
+        c.end_commit("app", ["t"]);
+        assert_eq!(c.max_of("app", ["t"]), 7);
+        c.begin_commit("app", ["t"], Duration::ZERO);
+        assert_eq!(c.max_of("app", ["t"]), 7);
+    }
+}

@@ -1,0 +1,8 @@
+//! No stale reads: WAL positions (LSNs), the per-table clock of last commit positions,
+//! and the fleet bus that shares that clock between proxies through Redis.
+
+pub mod bus;
+pub mod clock;
+pub mod lsn;
+
+pub use clock::TableClock;
