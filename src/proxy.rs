@@ -2,6 +2,7 @@
 
 use crate::backend::pool::{PoolSettings, Pools};
 use crate::config::{Config, ResolvedUser};
+use crate::consistency::bus::FleetBus;
 use crate::consistency::TableClock;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::scram::Verifier;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub topology: Arc<ArcSwap<Topology>>,
     pub balancer: Balancer,
     pub table_clock: Arc<TableClock>,
+    /// Shares the table clock with the other proxies of a fleet (when configured).
+    pub bus: Option<Arc<FleetBus>>,
 }
 
 pub struct Proxy {
@@ -85,6 +88,8 @@ impl Proxy {
             Instant::now(),
         )));
         let monitor_creds = config.monitor_credentials()?;
+        let table_clock = Arc::new(TableClock::default());
+        let (shutdown, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             parse_cache: ParseCache::new(
                 config.routing.parse_cache_size,
@@ -92,7 +97,15 @@ impl Proxy {
             ),
             topology: topology.clone(),
             balancer: Balancer::default(),
-            table_clock: Arc::new(TableClock::default()),
+            table_clock: table_clock.clone(),
+            bus: config.consistency.fleet_redis_url.as_ref().map(|url| {
+                FleetBus::start(
+                    url,
+                    &config.consistency.fleet_prefix,
+                    table_clock.clone(),
+                    rx.clone(),
+                )
+            }),
             client_slots: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             config,
             users,
@@ -100,7 +113,6 @@ impl Proxy {
             cancels: CancelRegistry::default(),
             tls,
         });
-        let (shutdown, rx) = watch::channel(false);
         crate::topology::health::spawn(topology, &shared.config, monitor_creds, rx.clone());
         tokio::spawn(crate::frontend::listener::serve(
             listener,

@@ -4,6 +4,7 @@
 
 use super::session::{Server, Session};
 use crate::config::LagSource;
+use crate::consistency::bus::TableWrite;
 use crate::consistency::lsn;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +32,12 @@ impl Session {
     }
 
     /// Reads the commit position and records it.
-    pub(super) async fn capture_commit(&mut self, server: &mut Server, tables: Vec<String>) {
+    pub(super) async fn capture_commit(
+        &mut self,
+        server: &mut Server,
+        tables: Vec<String>,
+        hold: bool,
+    ) {
         let position = match self.shared.config.consistency.lag_source {
             LagSource::Postgres => match server.query_row(POSITION_SQL).await {
                 Ok(row) => row.first().and_then(|v| lsn::parse(v.as_deref()?)),
@@ -54,7 +60,7 @@ impl Session {
                 clock.advance(&self.database, names(), pos);
                 clock.end_commit(&self.database, names());
                 metrics::counter!("pgwarden_commit_positions_total").increment(1);
-                self.publish_commit(&tables, pos);
+                self.publish_commit(&tables, pos, hold).await;
             }
             None => {
                 // The tables stay pending until the marker lapses; this session reads
@@ -65,6 +71,22 @@ impl Session {
         }
     }
 
-    /// Hook for the fleet bus.
-    fn publish_commit(&self, _tables: &[String], _pos: u64) {}
+    /// Tells the fleet. With `hold`, waits (bounded) until Redis has it, so another
+    /// proxy cannot serve a stale read of it once the client has its reply.
+    async fn publish_commit(&self, tables: &[String], lsn: u64, hold: bool) {
+        let Some(bus) = &self.shared.bus else { return };
+        let w = TableWrite {
+            db: self.database.clone(),
+            tables: tables.to_vec(),
+            lsn,
+        };
+        if hold {
+            let wait = Duration::from_millis(self.shared.config.consistency.fleet_publish_wait_ms);
+            if let Err(e) = bus.publish_and_wait(w, wait).await {
+                tracing::debug!(error = %e, "commit position not confirmed by the fleet bus");
+            }
+        } else {
+            bus.publish(w);
+        }
+    }
 }

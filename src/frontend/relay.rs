@@ -162,7 +162,7 @@ impl Session {
             if p.commit.is_some() && p.pipeline.is_empty() {
                 self.flush_out().await?;
                 let tables = p.commit.take().unwrap_or_default();
-                self.capture_commit(server, tables).await;
+                self.capture_commit(server, tables, false).await;
             }
             if !hold && p.idle() {
                 self.flush_out().await?;
@@ -201,6 +201,13 @@ impl Session {
                         self.out.unsplit(frame.data);
                     }
                     p.pipeline.after_server(&mut self.out);
+                    // In a fleet the reply to a commit waits for its position to reach
+                    // Redis (bounded by consistency.fleet_publish_wait_ms); only when
+                    // nothing else is in flight, or the client would wait on itself.
+                    if p.commit.is_some() && p.pipeline.is_empty() && self.shared.bus.is_some() {
+                        let tables = p.commit.take().unwrap_or_default();
+                        self.capture_commit(server, tables, true).await;
+                    }
                     if self.out.len() >= HIGH_WATER || !server.io.has_buffered_frame() {
                         self.flush_out().await?;
                     }
@@ -208,7 +215,7 @@ impl Session {
                     // this connection (the client's reply has already gone out).
                     if p.commit.is_some() && p.pipeline.is_empty() && self.out.is_empty() {
                         let tables = p.commit.take().unwrap_or_default();
-                        self.capture_commit(server, tables).await;
+                        self.capture_commit(server, tables, false).await;
                     }
                 }
                 r = self.client.read_frame() => {

@@ -93,7 +93,11 @@ impl Session {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let retry = if attempts < 4 { retry } else { Retry::default() };
+            let retry = if attempts < 4 {
+                retry
+            } else {
+                Retry::default()
+            };
             let (server, node) = match self.checkout_for(&plan, min_position, &excluded).await {
                 Ok(s) => s,
                 Err(e) => return self.checkout_failed(e, tag).await.map(Some),

@@ -138,7 +138,9 @@ impl Monitor {
             w.pop_front();
         }
         w.push_back(us);
-        self.node.runtime.observe_rtt(w.iter().copied().min().unwrap_or(us));
+        self.node
+            .runtime
+            .observe_rtt(w.iter().copied().min().unwrap_or(us));
     }
 
     async fn sample(&self, conn: &mut Option<ServerConn>) -> anyhow::Result<()> {
@@ -150,9 +152,7 @@ impl Monitor {
         match (self.node.role, self.source) {
             (Role::Primary, LagSource::Postgres) => {
                 let row = c.query_row(PRIMARY_SQL).await?;
-                self.node
-                    .runtime
-                    .observe_rtt(started.elapsed().as_micros() as u64);
+                self.rtt(started);
                 let pos = row
                     .first()
                     .and_then(|v| lsn::parse(v.as_deref()?))
@@ -165,9 +165,7 @@ impl Monitor {
             (Role::Primary, LagSource::Aurora) => {
                 // Aurora reports every replica's lag from any node: positions become times.
                 let rows = c.query_rows(AURORA_SQL).await?;
-                self.node
-                    .runtime
-                    .observe_rtt(started.elapsed().as_micros() as u64);
+                self.rtt(started);
                 self.node.runtime.publish_lag(LagSample {
                     position: now_ms(),
                     ..Default::default()
@@ -194,9 +192,7 @@ impl Monitor {
             }
             (Role::Replica, LagSource::Postgres) => {
                 let row = c.query_row(REPLICA_SQL).await?;
-                self.node
-                    .runtime
-                    .observe_rtt(started.elapsed().as_micros() as u64);
+                self.rtt(started);
                 if row.first().and_then(|v| v.as_deref()) != Some("t") {
                     // Promoted or misconfigured: its position says nothing about replay.
                     self.node.runtime.lag_unknown();
@@ -221,12 +217,14 @@ impl Monitor {
                     lag_bytes,
                     lag_ms,
                 });
+                metrics::gauge!("pgwarden_replica_lag_bytes", "node" => self.node.name.clone())
+                    .set(lag_bytes as f64);
+                metrics::gauge!("pgwarden_replica_lag_ms", "node" => self.node.name.clone())
+                    .set(lag_ms as f64);
             }
             (Role::Replica, LagSource::Aurora) => {
                 c.run_internal("SELECT 1").await?;
-                self.node
-                    .runtime
-                    .observe_rtt(started.elapsed().as_micros() as u64);
+                self.rtt(started);
             }
         }
         Ok(())
