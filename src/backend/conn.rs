@@ -226,40 +226,7 @@ impl ServerConn {
     /// Runs SQL the proxy issues itself and waits for ReadyForQuery. Returns the
     /// ParameterStatus messages it caused, raw, so a caller can pass them on.
     pub async fn run_internal(&mut self, sql: &str) -> Result<Vec<Frame>, BackendError> {
-        let mut buf = BytesMut::new();
-        messages::query(&mut buf, sql);
-        let res = async {
-            self.io.write_all(&buf).await?;
-            self.io.flush().await?;
-            let mut reported = Vec::new();
-            let mut error = None;
-            loop {
-                let frame = self.read().await?;
-                match frame.tag {
-                    b'Z' => break,
-                    b'E' => error = Some(server_error(frame)),
-                    b'S' => {
-                        self.note_parameter(frame.body());
-                        reported.push(frame);
-                    }
-                    // CopyIn/CopyOut cannot come from the proxy's own statements.
-                    b'G' | b'H' | b'W' => {
-                        self.broken = true;
-                        return Err(BackendError::Protocol("unexpected COPY".into()));
-                    }
-                    _ => {}
-                }
-            }
-            match error {
-                Some(e) => Err(e),
-                None => Ok(reported),
-            }
-        }
-        .await;
-        if matches!(res, Err(BackendError::Io(_) | BackendError::Protocol(_))) {
-            self.broken = true;
-        }
-        res
+        self.exchange(sql).await.map(|(reported, _)| reported)
     }
 
     /// Runs a query of the proxy's own and returns its first row as text.
@@ -277,30 +244,50 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.exchange(sql).await.map(|(_, rows)| rows)
+    }
+
+    /// One simple-query round trip of the proxy's own: the ParameterStatus messages
+    /// it caused and its rows. A broken exchange marks the connection broken.
+    async fn exchange(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Vec<Frame>, Vec<Vec<Option<String>>>), BackendError> {
         let mut buf = BytesMut::new();
         messages::query(&mut buf, sql);
-        self.io.write_all(&buf).await?;
-        self.io.flush().await?;
-        let mut rows = Vec::new();
-        let mut error = None;
-        loop {
-            let frame = self.read().await?;
-            match frame.tag {
-                b'Z' => break,
-                b'E' => error = Some(server_error(frame)),
-                b'D' => rows.push(parse_data_row(frame.body())),
-                b'S' => self.note_parameter(frame.body()),
-                b'G' | b'H' | b'W' => {
-                    self.broken = true;
-                    return Err(BackendError::Protocol("unexpected COPY".into()));
+        let res = async {
+            self.io.write_all(&buf).await?;
+            self.io.flush().await?;
+            let mut reported = Vec::new();
+            let mut rows = Vec::new();
+            let mut error = None;
+            loop {
+                let frame = self.read().await?;
+                match frame.tag {
+                    b'Z' => break,
+                    b'E' => error = Some(server_error(frame)),
+                    b'D' => rows.push(parse_data_row(frame.body())),
+                    b'S' => {
+                        self.note_parameter(frame.body());
+                        reported.push(frame);
+                    }
+                    // CopyIn/CopyOut cannot come from the proxy's own statements.
+                    b'G' | b'H' | b'W' => {
+                        return Err(BackendError::Protocol("unexpected COPY".into()))
+                    }
+                    _ => {}
                 }
-                _ => {}
+            }
+            match error {
+                Some(e) => Err(e),
+                None => Ok((reported, rows)),
             }
         }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(rows),
+        .await;
+        if matches!(res, Err(BackendError::Io(_) | BackendError::Protocol(_))) {
+            self.broken = true;
         }
+        res
     }
 
     /// True if the server sent something unprompted (an error, or closed): such a
