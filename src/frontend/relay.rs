@@ -138,10 +138,10 @@ impl Session {
         for frame in split_frames(first) {
             self.forward(frame, server, p, &mut to_server);
         }
+        // Retrying is only possible while the client has seen nothing of the answer;
+        // asked afresh at each use, as any flush in between ends it.
+        let untouched = |s: &Self| s.flushed == flushed_at_start;
         loop {
-            // Retrying is only possible while the client has seen nothing of the answer.
-            let untouched = self.flushed == flushed_at_start;
-            let can_retry = retry.lost && untouched;
             if !to_server.is_empty() {
                 let sent = async {
                     server.io.write_all(&to_server).await?;
@@ -149,7 +149,7 @@ impl Session {
                 }
                 .await;
                 if let Err(e) = sent {
-                    if can_retry {
+                    if retry.lost && untouched(self) {
                         return Ok(self.retry(server));
                     }
                     return Err(self.server_lost(server, e.to_string()).await);
@@ -168,18 +168,22 @@ impl Session {
                 self.flush_out().await?;
                 return Ok(Flow::Idle);
             }
-            if !self.out.is_empty() && !server.io.has_buffered_frame() {
+            // Replies the proxy made up (e.g. ParseComplete for a statement the server
+            // already has) wait for the server's first answer while the request could
+            // still be replayed elsewhere: sent now, they would be sent twice.
+            let replayable = (retry.lost || retry.going_away) && untouched(self);
+            if !self.out.is_empty() && !server.io.has_buffered_frame() && !replayable {
                 self.flush_out().await?;
             }
             tokio::select! {
                 r = server.io.read_frame() => {
                     let frame = match r {
                         Ok(Some(f)) => f,
-                        Ok(None) | Err(_) if can_retry => return Ok(self.retry(server)),
+                        Ok(None) | Err(_) if retry.lost && untouched(self) => return Ok(self.retry(server)),
                         Ok(None) => return Err(self.server_lost(server, "server closed the connection".into()).await),
                         Err(e) => return Err(self.server_lost(server, e.to_string()).await),
                     };
-                    if (retry.going_away || retry.lost) && untouched && frame.tag == b'E' && node_going_away(frame.body()) {
+                    if (retry.going_away || retry.lost) && untouched(self) && frame.tag == b'E' && node_going_away(frame.body()) {
                         return Ok(self.retry(server));
                     }
                     p.received(frame.tag, frame.body());

@@ -34,7 +34,18 @@ impl Default for Setup {
     }
 }
 
+/// Proxy logs in test output when PGWARDEN_LOG is set (e.g. PGWARDEN_LOG=debug).
+pub fn init_logs() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub async fn start(setup: Setup) -> Env {
+    init_logs();
     let replicas = setup.replicas;
     let cluster = tokio::task::spawn_blocking(move || {
         PgCluster::start(ClusterOptions {
