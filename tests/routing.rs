@@ -30,11 +30,15 @@ async fn port_of(c: &tokio_postgres::Client, sql: &str) -> i32 {
 }
 
 async fn routing_env() -> Env {
-    let env = start(Setup {
+    routing_env_with(Setup {
         replicas: 2,
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+async fn routing_env_with(setup: Setup) -> Env {
+    let env = start(setup).await;
     let direct = env.direct().await;
     direct
         .batch_execute(
@@ -51,9 +55,41 @@ async fn routing_env() -> Env {
     env
 }
 
+/// Sticky reads (the default): each client keeps to one replica, and clients take the
+/// replicas in turn, so both serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_keeps_to_one_replica_and_clients_spread() {
+    let env = routing_env().await;
+    let replicas = replica_ports(&env);
+    let mut homes = HashSet::new();
+    for _ in 0..4 {
+        let c = env.connect().await;
+        let home = port_of(&c, "select inet_server_port(), count(*) from items").await;
+        assert!(
+            replicas.contains(&home),
+            "read ran on {home}, not a replica"
+        );
+        for _ in 0..10 {
+            let p = port_of(&c, "select inet_server_port(), count(*) from items").await;
+            assert_eq!(p, home, "a client's reads moved between healthy replicas");
+        }
+        homes.insert(home);
+    }
+    assert_eq!(
+        homes, replicas,
+        "clients should be spread over both replicas"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_spread_over_replicas_and_writes_hit_the_primary() {
-    let env = routing_env().await;
+    // Per-request choice, so one client's reads show the rotation.
+    let env = routing_env_with(Setup {
+        replicas: 2,
+        extra_yaml: "routing:\n  sticky_reads: false\n".into(),
+        ..Default::default()
+    })
+    .await;
     let c = env.connect().await;
     let replicas = replica_ports(&env);
     let primary = primary_port(&env);

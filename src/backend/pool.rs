@@ -92,6 +92,9 @@ impl Pools {
         let pool = managed::Pool::builder(manager)
             .max_size(self.settings.size)
             .wait_timeout(Some(self.settings.checkout_timeout))
+            // Most recently used first, as PgBouncer does: a light load keeps reusing a
+            // few warm server processes instead of cycling through all of them.
+            .queue_mode(managed::QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("pool with a runtime and timeouts builds");

@@ -174,6 +174,9 @@ pub struct RoutingConfig {
     pub load_balance: LoadBalance,
     /// Let the primary serve reads too, as one more member of the read set.
     pub primary_reads: bool,
+    /// Keep each client's reads on one replica (chosen by the policy when it connects)
+    /// while that replica stays eligible, instead of choosing per request.
+    pub sticky_reads: bool,
     /// Functions that write, beyond the built-in list (nextval, setval, advisory locks...).
     pub write_functions: Vec<String>,
     /// Distinct query shapes whose analysis is kept.
@@ -186,6 +189,7 @@ impl Default for RoutingConfig {
             read_write_split: true,
             load_balance: LoadBalance::RoundRobin,
             primary_reads: false,
+            sticky_reads: true,
             write_functions: Vec::new(),
             parse_cache_size: 10_000,
         }

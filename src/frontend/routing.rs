@@ -10,7 +10,8 @@ use crate::config::PoolMode;
 use crate::router::analysis::{Analysis, SetStmt};
 use crate::router::fingerprint::leading_hint;
 use crate::router::plan::{self, Plan, RequestPart, Route, RouteOverride, SessionView};
-use crate::topology::{balancer, Node, ReadNeed};
+use crate::topology::balancer::{self, Draw};
+use crate::topology::{Node, ReadNeed};
 use deadpool::managed::PoolError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -280,12 +281,19 @@ impl Session {
                 let changed = topo.lag_changed.notified();
                 let eligible = topo.eligible(cfg.routing.primary_reads, &need, &tried);
                 let near = balancer::nearest(eligible, cfg.consistency.nearest_tolerance);
-                if let Some(node) = shared.balancer.pick(
-                    cfg.routing.load_balance,
-                    &near,
-                    rand::random(),
-                    self.request_executes,
-                ) {
+                let draw = match self.read_turn {
+                    Some(turn) => Draw::Client {
+                        turn,
+                        rand01: self.read_draw,
+                    },
+                    None if self.request_executes => Draw::Next {
+                        rand01: rand::random(),
+                    },
+                    None => Draw::Same {
+                        rand01: rand::random(),
+                    },
+                };
+                if let Some(node) = shared.balancer.pick(cfg.routing.load_balance, &near, draw) {
                     let node = node.clone();
                     match self.checkout_node(&node).await {
                         Ok(s) => {

@@ -49,6 +49,10 @@ pub(super) struct Session {
     pub consistency: ConsistencyMode,
     /// The request being routed runs something (Query or Execute), not just a prepare.
     pub request_executes: bool,
+    /// This client's place among the replicas when reads are sticky.
+    pub read_turn: Option<usize>,
+    /// This client's weighted-random draw when reads are sticky.
+    pub read_draw: f64,
     /// Where the attached server is ("primary"/"replica"), for metrics.
     pub attached_route: &'static str,
     /// Bytes written to the client so far; a read may only be retried elsewhere
@@ -155,6 +159,12 @@ pub async fn run(
         unknown_commit_since: None,
         consistency: shared.config.consistency.mode,
         request_executes: true,
+        read_turn: shared
+            .config
+            .routing
+            .sticky_reads
+            .then(|| shared.balancer.client_turn()),
+        read_draw: rand::random(),
         attached_route: "primary",
         flushed: 0,
         cancel,
@@ -342,9 +352,4 @@ fn login_error(e: &CheckoutError) -> BytesMut {
         (_, _, Some(raw)) => raw,
         (code, message, None) => messages::fatal(&code, &message),
     }
-}
-
-#[cfg(test)]
-pub(super) fn session_size() -> usize {
-    std::mem::size_of::<Session>()
 }

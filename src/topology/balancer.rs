@@ -11,27 +11,45 @@ pub struct Balancer {
     next: AtomicUsize,
 }
 
+/// Where a pick stands in the rotation (round-robin) or the draw (weighted random).
+#[derive(Clone, Copy, Debug)]
+pub enum Draw {
+    /// A request of its own: the rotation moves on; `rand01` is a fresh uniform draw in
+    /// [0, 1).
+    Next { rand01: f64 },
+    /// A request that executes nothing (a prepare): the rotation stays, or a client
+    /// alternating prepare and execute would land every execute on the same node.
+    Same { rand01: f64 },
+    /// A client's own turn and draw, fixed at login: its reads stay on one node while
+    /// the candidates stay the same (sticky reads).
+    Client { turn: usize, rand01: f64 },
+}
+
 impl Balancer {
-    /// Picks one candidate; `rand01` is a uniform draw in [0, 1) (a parameter so the
-    /// choice is testable). `advance` is false for requests that execute nothing (a
-    /// prepare): otherwise a client alternating prepare and execute would land every
-    /// execute on the same node.
+    /// A turn for a new client: clients take the candidates in rotation.
+    pub fn client_turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Picks one candidate (`draw` is a parameter so the choice is testable).
     pub fn pick<'a>(
         &self,
         policy: LoadBalance,
         candidates: &[&'a Arc<Node>],
-        rand01: f64,
-        advance: bool,
+        draw: Draw,
     ) -> Option<&'a Arc<Node>> {
         if candidates.is_empty() {
             return None;
         }
+        let rand01 = match draw {
+            Draw::Next { rand01 } | Draw::Same { rand01 } | Draw::Client { rand01, .. } => rand01,
+        };
         let chosen = match policy {
             LoadBalance::RoundRobin => {
-                let i = if advance {
-                    self.next.fetch_add(1, Ordering::Relaxed)
-                } else {
-                    self.next.load(Ordering::Relaxed)
+                let i = match draw {
+                    Draw::Next { .. } => self.next.fetch_add(1, Ordering::Relaxed),
+                    Draw::Same { .. } => self.next.load(Ordering::Relaxed),
+                    Draw::Client { turn, .. } => turn,
                 };
                 candidates[i % candidates.len()]
             }
@@ -127,6 +145,42 @@ mod tests {
         assert_eq!(names(nearest(vec![&a, &b, &c], 4)), ["a", "b", "c"]);
     }
 
+    fn next(rand01: f64) -> Draw {
+        Draw::Next { rand01 }
+    }
+
+    #[test]
+    fn sticky_clients_stay_and_spread() {
+        let (a, b) = (node("a", 1), node("b", 1));
+        let c = [&a, &b];
+        let bal = Balancer::default();
+        let clients: Vec<_> = (0..4)
+            .map(|_| Draw::Client {
+                turn: bal.client_turn(),
+                rand01: 0.0,
+            })
+            .collect();
+        for _ in 0..3 {
+            let names: Vec<_> = clients
+                .iter()
+                .map(|d| {
+                    bal.pick(LoadBalance::RoundRobin, &c, *d)
+                        .unwrap()
+                        .name
+                        .clone()
+                })
+                .collect();
+            assert_eq!(names, ["a", "b", "a", "b"]);
+        }
+        // With one candidate left every client uses it.
+        assert_eq!(
+            bal.pick(LoadBalance::RoundRobin, &[&b], clients[0])
+                .unwrap()
+                .name,
+            "b"
+        );
+    }
+
     #[test]
     fn round_robin_alternates() {
         let (a, b) = (node("a", 1), node("b", 1));
@@ -134,7 +188,7 @@ mod tests {
         let bal = Balancer::default();
         let names: Vec<_> = (0..4)
             .map(|_| {
-                bal.pick(LoadBalance::RoundRobin, &c, 0.0, true)
+                bal.pick(LoadBalance::RoundRobin, &c, next(0.0))
                     .unwrap()
                     .name
                     .clone()
@@ -150,7 +204,7 @@ mod tests {
         let bal = Balancer::default();
         for _ in 0..4 {
             assert_eq!(
-                bal.pick(LoadBalance::LeastOutstanding, &[&a, &b], 0.0, true)
+                bal.pick(LoadBalance::LeastOutstanding, &[&a, &b], next(0.0))
                     .unwrap()
                     .name,
                 "b"
@@ -164,25 +218,25 @@ mod tests {
         let bal = Balancer::default();
         let c = [&a, &b];
         assert_eq!(
-            bal.pick(LoadBalance::WeightedRandom, &c, 0.0, true)
+            bal.pick(LoadBalance::WeightedRandom, &c, next(0.0))
                 .unwrap()
                 .name,
             "a"
         );
         assert_eq!(
-            bal.pick(LoadBalance::WeightedRandom, &c, 0.74, true)
+            bal.pick(LoadBalance::WeightedRandom, &c, next(0.74))
                 .unwrap()
                 .name,
             "a"
         );
         assert_eq!(
-            bal.pick(LoadBalance::WeightedRandom, &c, 0.76, true)
+            bal.pick(LoadBalance::WeightedRandom, &c, next(0.76))
                 .unwrap()
                 .name,
             "b"
         );
         assert!(bal
-            .pick(LoadBalance::WeightedRandom, &[], 0.5, true)
+            .pick(LoadBalance::WeightedRandom, &[], next(0.5))
             .is_none());
     }
 }
