@@ -5,6 +5,7 @@ use crate::config::{Config, ResolvedUser};
 use crate::consistency::bus::FleetBus;
 use crate::consistency::TableClock;
 use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::counters::Counters;
 use crate::frontend::scram::Verifier;
 use crate::router::parse_cache::ParseCache;
 use crate::topology::balancer::Balancer;
@@ -37,6 +38,7 @@ pub struct Shared {
     pub table_clock: Arc<TableClock>,
     /// Shares the table clock with the other proxies of a fleet (when configured).
     pub bus: Option<Arc<FleetBus>>,
+    pub counters: Counters,
 }
 
 pub struct Proxy {
@@ -112,6 +114,7 @@ impl Proxy {
             pools,
             cancels: CancelRegistry::default(),
             tls,
+            counters: Counters::register(),
         });
         crate::topology::health::spawn(topology, &shared.config, monitor_creds, rx.clone());
         tokio::spawn(crate::frontend::listener::serve(

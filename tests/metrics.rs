@@ -52,13 +52,22 @@ async fn metrics_and_healthz() {
     )
     .await;
     let body = get(admin, "/metrics").await;
+    // The sum over a metric's label sets (counters are registered up front, at 0).
     let value = |name: &str| -> f64 {
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{body}"))
+        let samples: Vec<f64> = body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!samples.is_empty(), "{name} missing from:\n{body}");
+        samples.iter().sum()
     };
     assert!(value("pgwarden_queries_total") >= 5.0);
+    assert!(
+        body.contains("pgwarden_queries_total{route=\"primary\",reason=\"utility\"}")
+            || body.contains("pgwarden_queries_total{reason=\"utility\",route=\"primary\"}"),
+        "every route and reason is exported from the start:\n{body}"
+    );
     assert_eq!(value("pgwarden_client_connections"), 1.0);
     assert!(value("pgwarden_server_connections") >= 1.0);
     assert!(value("pgwarden_auth_failures_total") >= 1.0);

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cancel;
 mod commit;
+pub mod counters;
 pub mod listener;
 mod options;
 pub mod pipeline;

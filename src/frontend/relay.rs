@@ -238,7 +238,7 @@ impl Session {
                             return Err(self.protocol_violation(frame.tag).await);
                         }
                         if completes_request(frame.tag) {
-                            metrics::counter!("pgwarden_queries_total", "route" => self.attached_route, "reason" => "attached").increment(1);
+                            self.shared.counters.attached_query(self.attached_route);
                         }
                         self.forward(frame, server, p, &mut to_server);
                         if to_server.len() >= HIGH_WATER || !self.client.has_buffered_frame() {

@@ -2,6 +2,7 @@
 //! session's overrides and the topology go into the pure router; the Plan picks a node.
 //! Session-level SETs seen here are remembered so they follow the client.
 
+use super::counters::ReadDecision;
 use super::session::{CheckoutError, Server, Session};
 use crate::backend::pool::PoolKey;
 use crate::backend::{BackendError, ConnectSpec};
@@ -93,12 +94,7 @@ impl Session {
             topo.has_usable_replica(),
             &self.shared.config.routing,
         );
-        let route = match p.route {
-            Route::Primary => "primary",
-            Route::Replica => "replica",
-        };
-        metrics::counter!("pgwarden_queries_total", "route" => route, "reason" => p.reason.label())
-            .increment(1);
+        self.shared.counters.query(p.route, p.reason);
         if p.route == Route::Primary {
             return (p, 0);
         }
@@ -297,9 +293,11 @@ impl Session {
                     let node = node.clone();
                     match self.checkout_node(&node).await {
                         Ok(s) => {
-                            let decision = if waited { "waited" } else { "replica" };
-                            metrics::counter!("pgwarden_reads_total", "decision" => decision)
-                                .increment(1);
+                            shared.counters.read(if waited {
+                                ReadDecision::Waited
+                            } else {
+                                ReadDecision::Replica
+                            });
                             return Ok((s, node));
                         }
                         Err(CheckoutError::Pool(PoolError::Backend(e))) if node_unavailable(&e) => {
@@ -317,8 +315,7 @@ impl Session {
                 waited = true;
                 let _ = tokio::time::timeout(deadline - now, changed).await;
             }
-            metrics::counter!("pgwarden_reads_total", "decision" => "primary_fallback")
-                .increment(1);
+            self.shared.counters.read(ReadDecision::PrimaryFallback);
         }
         let primary = topo.primary().expect("config has a primary").clone();
         let s = self.checkout_node(&primary).await?;

@@ -104,9 +104,9 @@ impl Session {
             };
             let copy = (retry.going_away || retry.lost).then(|| req.clone());
             self.attached_route = if node.role == crate::config::Role::Primary {
-                "primary"
+                Route::Primary
             } else {
-                "replica"
+                Route::Replica
             };
             if self.mode == PoolMode::Session || self.pinned.is_some() {
                 return self.held(server, req).await.map(|_| None);

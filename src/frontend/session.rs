@@ -12,7 +12,7 @@ use crate::config::{ConsistencyMode, PoolMode, ResolvedUser};
 use crate::protocol::{messages, sqlstate, FrameError, FramedStream, Stream};
 use crate::proxy::Shared;
 use crate::router::analysis::{PinReason, SetStmt};
-use crate::router::plan::RouteOverride;
+use crate::router::plan::{Route, RouteOverride};
 use bytes::BytesMut;
 use deadpool::managed::{Object, PoolError};
 use std::collections::BTreeMap;
@@ -54,7 +54,7 @@ pub(super) struct Session {
     /// This client's weighted-random draw when reads are sticky.
     pub read_draw: f64,
     /// Where the attached server is ("primary"/"replica"), for metrics.
-    pub attached_route: &'static str,
+    pub attached_route: Route,
     /// Bytes written to the client so far; a read may only be retried elsewhere
     /// while this has not moved.
     pub flushed: u64,
@@ -165,7 +165,7 @@ pub async fn run(
             .sticky_reads
             .then(|| shared.balancer.client_turn()),
         read_draw: rand::random(),
-        attached_route: "primary",
+        attached_route: Route::Primary,
         flushed: 0,
         cancel,
         out: BytesMut::new(),

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::analysis::{analyze, Analysis};
 use super::fingerprint::fingerprint;
+use metrics::Counter;
 
 /// Enough shards that client tasks on different cores rarely meet on one lock (fewer for a
 /// tiny capacity, so that every shard can hold something).
@@ -19,6 +20,10 @@ const UNPARSABLE: &str = "pgwarden_unparsable_queries_total";
 
 pub struct ParseCache {
     shards: Box<[Mutex<Shard>]>,
+    /// Registered once (with the recorder installed first): no registry lookup per query.
+    hits: Counter,
+    misses: Counter,
+    unparsable: Counter,
     extra_write_functions: Vec<String>,
     capacity: usize,
 }
@@ -76,6 +81,9 @@ impl ParseCache {
             .collect();
         ParseCache {
             shards,
+            hits: metrics::counter!(HITS),
+            misses: metrics::counter!(MISSES),
+            unparsable: metrics::counter!(UNPARSABLE),
             extra_write_functions,
             capacity,
         }
@@ -89,16 +97,16 @@ impl ParseCache {
         let shard = &self.shards[(key >> 32) as usize % self.shards.len()];
         let hit = lock(shard).map.get(&key).cloned();
         if let Some(a) = hit {
-            metrics::counter!(HITS).increment(1);
+            self.hits.increment(1);
             if a.parse_failed {
-                metrics::counter!(UNPARSABLE).increment(1);
+                self.unparsable.increment(1);
             }
             return a;
         }
-        metrics::counter!(MISSES).increment(1);
+        self.misses.increment(1);
         let a = Arc::new(analyze(sql, &self.extra_write_functions));
         if a.parse_failed {
-            metrics::counter!(UNPARSABLE).increment(1);
+            self.unparsable.increment(1);
         }
         if a.statements.iter().any(|s| s.set.is_some()) {
             return a;
