@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 pub struct UserEntry {
-    pub user: ResolvedUser,
+    /// Shared with the sessions of this user.
+    pub user: Arc<ResolvedUser>,
     pub verifier: Verifier,
 }
 
@@ -59,7 +60,13 @@ impl Proxy {
             .into_iter()
             .map(|u| {
                 let verifier = Verifier::from_password(&u.password);
-                (u.name.clone(), UserEntry { user: u, verifier })
+                (
+                    u.name.clone(),
+                    UserEntry {
+                        user: Arc::new(u),
+                        verifier,
+                    },
+                )
             })
             .collect();
         let tls = config

@@ -108,7 +108,7 @@ mod idle_footprint {
             let proxy = crate::Proxy::start(cfg, None).await.unwrap();
             let task = super::handle(c, &proxy.shared);
             assert!(
-                size(&task) <= 1536,
+                size(&task) <= 1024,
                 "a client task's future is {} bytes",
                 size(&task)
             );

@@ -10,12 +10,9 @@ use crate::router::plan::{Plan, Route};
 use bytes::BytesMut;
 
 impl Session {
-    /// Serves requests until the client leaves. `held` is a server kept for the whole
-    /// session (session mode).
-    pub(super) async fn serve(&mut self, held: Option<Server>) -> anyhow::Result<()> {
-        if let Some(server) = held {
-            return Box::pin(self.held(server, BytesMut::new())).await;
-        }
+    /// Serves requests until the client leaves, checking out a server per request
+    /// (transaction mode; session mode goes to `held` from the login instead).
+    pub(super) async fn serve(&mut self) -> anyhow::Result<()> {
         let mut request = BytesMut::new();
         // After a failed checkout in the middle of an extended batch, PostgreSQL's
         // rule applies: skip to the next Sync.
@@ -161,7 +158,11 @@ impl Session {
     }
 
     /// Session mode, or a pinned client: relay until the client leaves.
-    async fn held(&mut self, mut server: Server, request: BytesMut) -> anyhow::Result<()> {
+    pub(super) async fn held(
+        &mut self,
+        mut server: Server,
+        request: BytesMut,
+    ) -> anyhow::Result<()> {
         let mut progress = Progress::new();
         let flow = self
             .relay(&mut server, &mut progress, request, true, Retry::default())

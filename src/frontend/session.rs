@@ -32,7 +32,7 @@ pub(super) struct Session {
     pub pool: PoolEntry,
     pub mode: PoolMode,
     pub database: String,
-    pub user: ResolvedUser,
+    pub user: Arc<ResolvedUser>,
     /// Startup parameters as the client sent them (reported back at login).
     pub startup_params: Vec<(String, String)>,
     /// Session settings to carry to every server connection, as SQL values.
@@ -70,6 +70,30 @@ pub async fn run(
     shared: Arc<Shared>,
     login_timeout: Duration,
 ) -> anyhow::Result<()> {
+    // Boxed, so the task of an idle client keeps the Session and nothing of the login.
+    let (mut session, pid, secret) =
+        Box::pin(open(stream, params, shared.clone(), login_timeout)).await?;
+    let result = async {
+        // A server kept from the login (session mode) is boxed at once: held inline, it
+        // would take its size in every idle client's task.
+        let held = Box::pin(session.login(pid, secret)).await?.map(Box::new);
+        match held {
+            Some(server) => Box::pin(session.held(*server, BytesMut::new())).await,
+            None => Box::pin(session.serve()).await,
+        }
+    }
+    .await;
+    shared.cancels.unregister(pid);
+    result
+}
+
+/// Authenticates the client and builds its Session, with its cancel key registered.
+async fn open(
+    stream: Stream,
+    params: BTreeMap<String, String>,
+    shared: Arc<Shared>,
+    login_timeout: Duration,
+) -> anyhow::Result<(Session, i32, i32)> {
     let mut client = FramedStream::new(stream, shared.config.limits.max_message_bytes);
     let user_name = params.get("user").cloned().unwrap_or_default();
     let database = params
@@ -103,7 +127,8 @@ pub async fn run(
         }
         Err(_) => anyhow::bail!("authentication of {user_name:?} timed out"),
     }
-    let user = &entry.expect("authenticated users exist").user;
+    let entry = entry.expect("authenticated users exist");
+    let user = &entry.user;
 
     let primary = shared.config.primary().clone();
     let key = PoolKey {
@@ -143,13 +168,13 @@ pub async fn run(
         .map(|(k, v)| (k.clone(), quote_literal(v)))
         .collect();
     let (pid, secret, cancel) = shared.cancels.register();
-    let mut session = Session {
+    let session = Session {
         client,
         mode: shared.config.pool.mode,
         shared: shared.clone(),
         pool,
         database,
-        user: user.clone(),
+        user: entry.user.clone(),
         startup_params,
         params: replayed,
         pending_sets: Vec::new(),
@@ -171,13 +196,7 @@ pub async fn run(
         out: BytesMut::new(),
         statements: ClientStatements::default(),
     };
-    let result = async {
-        let server = Box::pin(session.login(pid, secret)).await?;
-        Box::pin(session.serve(server)).await
-    }
-    .await;
-    shared.cancels.unregister(pid);
-    result
+    Ok((session, pid, secret))
 }
 
 impl Session {

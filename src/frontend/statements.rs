@@ -19,8 +19,13 @@ struct Stmt {
     parse: Bytes,
 }
 
+/// Boxed on the first extended-protocol message: a client that never sends one (or
+/// has not yet) carries a pointer, not an empty map, in its idle task.
 #[derive(Default)]
-pub struct ClientStatements {
+pub struct ClientStatements(Option<Box<Statements>>);
+
+#[derive(Default)]
+struct Statements {
     map: HashMap<Box<[u8]>, Arc<Stmt>>,
     /// The client's last unnamed statement, replayed when a later Bind lands on a
     /// server connection that did not see its Parse.
@@ -87,26 +92,57 @@ fn add(
 
 impl ClientStatements {
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.0.as_ref().map_or(0, |s| s.map.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// The analysis of a statement the client prepared ("" is the unnamed one).
     pub fn analysis_of(&self, name: &[u8]) -> Option<Arc<Analysis>> {
+        let s = self.0.as_ref()?;
         if name.is_empty() {
-            return self.unnamed.as_ref().map(|s| s.analysis.clone());
+            return s.unnamed.as_ref().map(|s| s.analysis.clone());
         }
-        self.map.get(name).map(|s| s.analysis.clone())
+        s.map.get(name).map(|s| s.analysis.clone())
     }
 
     /// A new server connection was attached: it does not hold our unnamed statement.
     pub fn attached(&mut self) {
-        self.unnamed_ready = false;
+        if let Some(s) = &mut self.0 {
+            s.unnamed_ready = false;
+        }
     }
 
+    /// Rewrites one client message for the attached server. Malformed messages are
+    /// forwarded untouched: the server reports them as PostgreSQL would.
+    pub fn rewrite(
+        &mut self,
+        frame: Frame,
+        cache: &ParseCache,
+        prepared: &mut PreparedSet,
+        pipeline: &mut Pipeline,
+        to_server: &mut BytesMut,
+    ) -> Option<Arc<Analysis>> {
+        if matches!(frame.tag, b'P' | b'B' | b'D' | b'C') {
+            let s = self.0.get_or_insert_with(Box::default);
+            return s.rewrite(frame, cache, prepared, pipeline, to_server);
+        }
+        match frame.tag {
+            b'E' => pipeline.push(Expect::Execute),
+            b'S' => pipeline.client_sync(),
+            b'c' | b'f' => pipeline.client_copy_end(),
+            b'Q' => pipeline.push(Expect::Query),
+            b'F' => pipeline.push(Expect::FunctionCall),
+            _ => {}
+        }
+        to_server.unsplit(frame.data);
+        None
+    }
+}
+
+impl Statements {
     /// Re-sends the unnamed statement when the attached server has not seen it.
     fn ensure_unnamed(&mut self, pipeline: &mut Pipeline, to_server: &mut BytesMut) {
         if self.unnamed_ready {
@@ -122,9 +158,7 @@ impl ClientStatements {
         }
     }
 
-    /// Rewrites one client message for the attached server. Malformed messages are
-    /// forwarded untouched: the server reports them as PostgreSQL would.
-    pub fn rewrite(
+    fn rewrite(
         &mut self,
         frame: Frame,
         cache: &ParseCache,
@@ -231,11 +265,6 @@ impl ClientStatements {
                 }
                 pipeline.push(Expect::Close { hide: false });
             }
-            b'E' => pipeline.push(Expect::Execute),
-            b'S' => pipeline.client_sync(),
-            b'c' | b'f' => pipeline.client_copy_end(),
-            b'Q' => pipeline.push(Expect::Query),
-            b'F' => pipeline.push(Expect::FunctionCall),
             _ => {}
         }
         to_server.unsplit(frame.data);

@@ -101,7 +101,9 @@ impl FramedStream {
                 // An idle connection holds no buffer: wait until there is something
                 // to read before allocating one (TLS streams cannot tell; they read).
                 if let Stream::Plain(tcp) = &self.stream {
-                    tcp.readable().await?;
+                    // poll_read_ready, not readable(): it waits through the socket's own
+                    // waker slot, so an idle client's future carries no waiter node.
+                    std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
                 }
             }
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
