@@ -40,6 +40,9 @@ pub struct Shared {
     /// Shares the table clock with the other proxies of a fleet (when configured).
     pub bus: Option<Arc<FleetBus>>,
     pub counters: Counters,
+    /// Commit positions are read: configured so, and some read could use one (this
+    /// proxy splits reads, or shares its clock with a fleet that may).
+    pub captures_commits: bool,
 }
 
 pub struct Proxy {
@@ -99,6 +102,8 @@ impl Proxy {
         let monitor_creds = config.monitor_credentials()?;
         let table_clock = Arc::new(TableClock::default());
         let (shutdown, rx) = watch::channel(false);
+        let captures_commits = config.consistency.capture_commits
+            && (config.routing.read_write_split || config.consistency.fleet_redis_url.is_some());
         let shared = Arc::new(Shared {
             parse_cache: ParseCache::new(
                 config.routing.parse_cache_size,
@@ -122,6 +127,7 @@ impl Proxy {
             cancels: CancelRegistry::default(),
             tls,
             counters: Counters::register(),
+            captures_commits,
         });
         crate::topology::health::spawn(topology, &shared.config, monitor_creds, rx.clone());
         tokio::spawn(crate::frontend::listener::serve(

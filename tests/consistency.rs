@@ -40,6 +40,22 @@ async fn consistency_env(extra_yaml: &str) -> Env {
     env
 }
 
+/// The value of key k in kv, and whether a replica served it.
+async fn read_kv(
+    c: &tokio_postgres::Client,
+    k: i32,
+    replica_ports: &HashSet<i32>,
+) -> (Option<i32>, bool) {
+    let row = c
+        .query_one(
+            "select (select v from kv where k = $1), inet_server_port()",
+            &[&k],
+        )
+        .await
+        .unwrap();
+    (row.get(0), replica_ports.contains(&row.get::<_, i32>(1)))
+}
+
 fn pause_replay(env: &Env, replica: usize) {
     env.cluster.replicas[replica]
         .psql("postgres", "app", "select pg_wal_replay_pause()")
@@ -61,11 +77,25 @@ async fn no_stale_reads_with_a_paused_replica() {
 
     let stale = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
+    let on_replicas = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..4i32 {
         let a = env.connect().await;
         let b = env.connect().await;
-        let (stale, reads) = (stale.clone(), reads.clone());
+        // Commits whose record may not be flushed at the reply: the session's setting
+        // (worker 1) or the transaction's own (worker 2, below).
+        if w == 1 {
+            a.batch_execute("set synchronous_commit = off")
+                .await
+                .unwrap();
+        }
+        let in_txn = if w == 2 {
+            "set local synchronous_commit = off; "
+        } else {
+            ""
+        };
+        let (stale, reads, on_replicas) = (stale.clone(), reads.clone(), on_replicas.clone());
+        let replica_ports = replica_ports.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..25i32 {
                 let k = w * 1000 + i;
@@ -73,30 +103,23 @@ async fn no_stale_reads_with_a_paused_replica() {
                 a.execute("insert into kv values ($1, $2)", &[&k, &1])
                     .await
                     .unwrap();
-                let v: Option<i32> = a
-                    .query_opt("select v from kv where k = $1", &[&k])
-                    .await
-                    .unwrap()
-                    .map(|r| r.get(0));
+                let v = read_kv(&a, k, &replica_ports).await;
                 // 2. Another session reads what the first one just saw committed.
-                let v2: Option<i32> = b
-                    .query_opt("select v from kv where k = $1", &[&k])
-                    .await
-                    .unwrap()
-                    .map(|r| r.get(0));
+                let v2 = read_kv(&b, k, &replica_ports).await;
                 // 3. A write inside a transaction, read after COMMIT.
-                a.batch_execute(&format!("begin; update kv set v = 2 where k = {k}; commit"))
-                    .await
-                    .unwrap();
-                let v3: Option<i32> = b
-                    .query_opt("select v from kv where k = $1", &[&k])
-                    .await
-                    .unwrap()
-                    .map(|r| r.get(0));
+                a.batch_execute(&format!(
+                    "begin; {in_txn}update kv set v = 2 where k = {k}; commit"
+                ))
+                .await
+                .unwrap();
+                let v3 = read_kv(&b, k, &replica_ports).await;
                 reads.fetch_add(3, Ordering::Relaxed);
-                for (got, want) in [(v, 1), (v2, 1), (v3, 2)] {
+                for ((got, replica), want) in [(v, 1), (v2, 1), (v3, 2)] {
                     if got != Some(want) {
                         stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if replica {
+                        on_replicas.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -105,11 +128,21 @@ async fn no_stale_reads_with_a_paused_replica() {
     for t in tasks {
         t.await.unwrap();
     }
+    let (reads, on_replicas) = (
+        reads.load(Ordering::Relaxed),
+        on_replicas.load(Ordering::Relaxed),
+    );
     assert_eq!(
         stale.load(Ordering::Relaxed),
         0,
-        "stale reads out of {}",
-        reads.load(Ordering::Relaxed)
+        "stale reads out of {reads}"
+    );
+    // Reads of just-written rows wait (max_wait_ms) for the replica that replays, so
+    // some are still served by it; the figure goes to the issue note.
+    eprintln!("read-after-write share on replicas: {on_replicas}/{reads}");
+    assert!(
+        on_replicas > 0,
+        "every read of a just-written row went to the primary"
     );
 
     // Reads of a table nobody wrote still go to replicas, the paused one included.
@@ -127,6 +160,35 @@ async fn no_stale_reads_with_a_paused_replica() {
         seen.contains(&paused_port),
         "the paused replica still serves reads that do not need new data"
     );
+    tokio::task::block_in_place(|| resume_replay(&env, 0));
+}
+
+/// capture_commits off: no commit positions, so a just-written table may be read from
+/// a replica that has not replayed it (every mode acts as eventual).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_commit_capture_reads_keep_only_the_lag_budget() {
+    let env = consistency_env(
+        "consistency:\n  capture_commits: false\nrouting:\n  sticky_reads: false\n",
+    )
+    .await;
+    let paused_port = env.cluster.replicas[0].port as i32;
+    tokio::task::block_in_place(|| pause_replay(&env, 0));
+    let c = env.connect().await;
+    c.execute("insert into kv values (1, 1)", &[])
+        .await
+        .unwrap();
+    wait_for(
+        "a read of the written table on the paused replica",
+        Duration::from_secs(10),
+        || async {
+            let row = c
+                .query_one("select inet_server_port(), count(*) from kv", &[])
+                .await
+                .unwrap();
+            (row.get::<_, i32>(0) == paused_port).then_some(row.get::<_, i64>(1))
+        },
+    )
+    .await;
     tokio::task::block_in_place(|| resume_replay(&env, 0));
 }
 

@@ -264,6 +264,9 @@ pub struct ConsistencyConfig {
     /// With a fleet, hold a write's reply until its commit position is published (at
     /// most this long), so another proxy cannot serve a stale read of it.
     pub fleet_publish_wait_ms: u64,
+    /// Read each committing write's position (one extra round trip on the server
+    /// connection after the client has its reply). Off: every mode acts as eventual.
+    pub capture_commits: bool,
 }
 
 impl Default for ConsistencyConfig {
@@ -279,6 +282,7 @@ impl Default for ConsistencyConfig {
             fleet_redis_url: None,
             fleet_prefix: "pgwarden".into(),
             fleet_publish_wait_ms: 50,
+            capture_commits: true,
         }
     }
 }

@@ -11,9 +11,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How long tables stay unreadable on replicas should a commit position never arrive.
 const PENDING_TTL: Duration = Duration::from_secs(5);
 
-/// Insert position, not write position: with synchronous_commit off the commit record
-/// may not be written yet, but it is always before the insert position.
-const POSITION_SQL: &str = "SELECT pg_current_wal_insert_lsn()::text";
+/// Where the commit record ends at the latest. With synchronous_commit on (or local,
+/// remote_write, remote_apply) it was flushed before the client's reply, so the flush
+/// position covers it, and replicas can reach that position at once. With it off the
+/// record may still be in WAL buffers: only the insert position is sure to cover it,
+/// and replicas reach that only after the next flush (other commits, or the WAL writer
+/// within wal_writer_delay).
+const FLUSHED_SQL: &str = "SELECT (CASE WHEN current_setting('synchronous_commit') = 'off' \
+     THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_flush_lsn() END)::text";
+/// For a transaction that may have turned synchronous_commit off for itself (SET
+/// LOCAL, set_config): the session's setting no longer tells.
+const INSERTED_SQL: &str = "SELECT pg_current_wal_insert_lsn()::text";
+
+/// A commit acknowledged to the client whose position is still to be read.
+#[derive(Default)]
+pub(super) struct PendingCommit {
+    pub tables: Vec<String>,
+    /// Its record may not be flushed yet (see INSERTED_SQL).
+    pub may_be_unflushed: bool,
+}
 
 impl Session {
     /// The server acknowledged a commit that wrote: until its position is known, no
@@ -21,25 +37,37 @@ impl Session {
     pub(super) fn commit_acknowledged(
         &mut self,
         tables: Vec<String>,
-        pending: &mut Option<Vec<String>>,
+        may_be_unflushed: bool,
+        pending: &mut Option<PendingCommit>,
     ) {
         self.shared.table_clock.begin_commit(
             &self.database,
             tables.iter().map(String::as_str),
             PENDING_TTL,
         );
-        pending.get_or_insert_with(Vec::new).extend(tables);
+        let p = pending.get_or_insert_with(PendingCommit::default);
+        p.tables.extend(tables);
+        p.may_be_unflushed |= may_be_unflushed;
     }
 
     /// Reads the commit position and records it.
     pub(super) async fn capture_commit(
         &mut self,
         server: &mut Server,
-        tables: Vec<String>,
+        pending: PendingCommit,
         hold: bool,
     ) {
+        let PendingCommit {
+            tables,
+            may_be_unflushed,
+        } = pending;
+        let sql = if may_be_unflushed {
+            INSERTED_SQL
+        } else {
+            FLUSHED_SQL
+        };
         let position = match self.shared.config.consistency.lag_source {
-            LagSource::Postgres => match server.query_row(POSITION_SQL).await {
+            LagSource::Postgres => match server.query_row(sql).await {
                 Ok(row) => row.first().and_then(|v| lsn::parse(v.as_deref()?)),
                 Err(e) => {
                     tracing::warn!(node = %server.node, error = %e, "cannot read the commit position");

@@ -2,7 +2,9 @@
 //! Sync, FunctionCall or Flush), then check out a server. Attached: relay both ways,
 //! batching writes, until the server is idle again and the pool mode lets it go.
 
+use super::commit::PendingCommit;
 use super::pipeline::Pipeline;
+use super::routing::contains_ci;
 use super::session::{Server, Session};
 use crate::protocol::{messages, sqlstate, Frame};
 use bytes::BytesMut;
@@ -16,8 +18,8 @@ pub(super) struct Progress {
     /// Replies still to come, message by message.
     pub(super) pipeline: Pipeline,
     pub(super) txn: TxnOutcome,
-    /// Tables of a commit whose position is still to be read.
-    pub(super) commit: Option<Vec<String>>,
+    /// A commit whose position is still to be read.
+    pub(super) commit: Option<PendingCommit>,
     /// An extended-protocol batch was sent without its Sync yet.
     open_batch: bool,
     /// COPY in or out in progress.
@@ -106,6 +108,9 @@ pub(super) struct TxnOutcome {
     wrote: bool,
     /// The tables it wrote, where known.
     tables: Vec<String>,
+    /// Its SQL mentions synchronous_commit (e.g. SET LOCAL synchronous_commit = off):
+    /// the commit record may not be flushed when the client has its reply.
+    may_be_unflushed: bool,
 }
 
 /// Errors that mean the node is shutting down or restarting, not that the query failed.
@@ -114,8 +119,13 @@ fn node_going_away(body: &[u8]) -> bool {
     matches!(code.as_str(), "57P01" | "57P02" | "57P03")
 }
 
-/// The SQL of a Query message body.
-fn sql_text(body: &[u8]) -> Option<&str> {
+/// The SQL of a Query or Parse message body.
+fn sql_text(body: &[u8], tag: u8) -> Option<&str> {
+    let body = if tag == b'P' {
+        &body[body.iter().position(|&b| b == 0)? + 1..]
+    } else {
+        body
+    };
     let end = body.iter().position(|&b| b == 0)?;
     std::str::from_utf8(&body[..end]).ok()
 }
@@ -161,8 +171,8 @@ impl Session {
             p.pipeline.drain_leading_injects(&mut self.out);
             if p.commit.is_some() && p.pipeline.is_empty() {
                 self.flush_out().await?;
-                let tables = p.commit.take().unwrap_or_default();
-                self.capture_commit(server, tables, false).await;
+                let pending = p.commit.take().unwrap_or_default();
+                self.capture_commit(server, pending, false).await;
             }
             if !hold && p.idle() {
                 self.flush_out().await?;
@@ -195,8 +205,12 @@ impl Session {
                             let txn = std::mem::take(&mut p.txn);
                             let committed = !txn.failed && !txn.rolled_back;
                             self.settle_sets(server, committed);
-                            if committed && txn.wrote {
-                                self.commit_acknowledged(txn.tables, &mut p.commit);
+                            if committed && txn.wrote && self.shared.captures_commits {
+                                self.commit_acknowledged(
+                                    txn.tables,
+                                    txn.may_be_unflushed,
+                                    &mut p.commit,
+                                );
                             }
                         }
                         _ => {}
@@ -209,8 +223,8 @@ impl Session {
                     // Redis (bounded by consistency.fleet_publish_wait_ms); only when
                     // nothing else is in flight, or the client would wait on itself.
                     if p.commit.is_some() && p.pipeline.is_empty() && self.shared.bus.is_some() {
-                        let tables = p.commit.take().unwrap_or_default();
-                        self.capture_commit(server, tables, true).await;
+                        let pending = p.commit.take().unwrap_or_default();
+                        self.capture_commit(server, pending, true).await;
                     }
                     if self.out.len() >= HIGH_WATER || !server.io.has_buffered_frame() {
                         self.flush_out().await?;
@@ -218,8 +232,8 @@ impl Session {
                     // The commit's position is read once nothing else is in flight on
                     // this connection (the client's reply has already gone out).
                     if p.commit.is_some() && p.pipeline.is_empty() && self.out.is_empty() {
-                        let tables = p.commit.take().unwrap_or_default();
-                        self.capture_commit(server, tables, false).await;
+                        let pending = p.commit.take().unwrap_or_default();
+                        self.capture_commit(server, pending, false).await;
                     }
                 }
                 r = self.client.read_frame() => {
@@ -269,9 +283,14 @@ impl Session {
         to_server: &mut BytesMut,
     ) {
         p.sent(frame.tag);
-        let query = (frame.tag == b'Q')
-            .then(|| sql_text(frame.body()))
-            .flatten()
+        let sql = matches!(frame.tag, b'Q' | b'P')
+            .then(|| sql_text(frame.body(), frame.tag))
+            .flatten();
+        if sql.is_some_and(|q| contains_ci(q.as_bytes(), b"synchronous_commit")) {
+            p.txn.may_be_unflushed = true;
+        }
+        let query = sql
+            .filter(|_| frame.tag == b'Q')
             .map(|sql| self.shared.parse_cache.analyze(sql));
         let bound = (frame.tag == b'B')
             .then(|| bound_statement(frame.body()))

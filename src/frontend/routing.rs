@@ -6,13 +6,15 @@ use super::counters::ReadDecision;
 use super::session::{CheckoutError, Server, Session};
 use crate::backend::pool::PoolKey;
 use crate::backend::{BackendError, ConnectSpec};
-use crate::config::ConsistencyMode;
 use crate::config::PoolMode;
+use crate::config::{ConsistencyMode, LagSource};
+use crate::consistency::clock::UNREACHABLE;
+use crate::consistency::lsn;
 use crate::router::analysis::{Analysis, SetStmt};
 use crate::router::fingerprint::leading_hint;
 use crate::router::plan::{self, Plan, RequestPart, Route, RouteOverride, SessionView};
 use crate::topology::balancer::{self, Draw};
-use crate::topology::{Node, ReadNeed};
+use crate::topology::{Node, ReadNeed, Topology};
 use deadpool::managed::PoolError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +48,7 @@ fn node_unavailable(e: &BackendError) -> bool {
 
 impl Session {
     /// Decides where a complete request goes, and what a replica must have replayed.
-    pub(super) fn route(&mut self, req: &[u8]) -> (Plan, u64) {
+    pub(super) fn route(&mut self, req: &[u8]) -> (Plan, Needed) {
         let mut analyses: Vec<(Arc<Analysis>, Option<crate::router::fingerprint::Hint>)> =
             Vec::new();
         let mut function_call = false;
@@ -96,14 +98,33 @@ impl Session {
         );
         self.shared.counters.query(p.route, p.reason);
         if p.route == Route::Primary {
-            return (p, 0);
+            return (p, Needed::default());
         }
+        let analyses: Vec<Arc<Analysis>> = analyses.into_iter().map(|(a, _)| a).collect();
+        let min_position = self.min_position_of(&analyses);
+        // A commit of a table it reads is still being captured: the position is asked
+        // again while the read waits.
+        let recheck = if min_position == UNREACHABLE {
+            analyses
+        } else {
+            Vec::new()
+        };
+        (
+            p,
+            Needed {
+                min_position,
+                recheck,
+            },
+        )
+    }
+
+    fn min_position_of(&mut self, analyses: &[Arc<Analysis>]) -> u64 {
         let reads: Vec<&str> = analyses
             .iter()
-            .flat_map(|(a, _)| a.reads())
+            .flat_map(|a| a.reads())
             .map(|t| t.name.as_str())
             .collect();
-        (p, self.min_position(&reads))
+        self.min_position(&reads)
     }
 
     /// Answers a simple Query made only of `SET/RESET pgwarden.*` itself: these are
@@ -257,24 +278,29 @@ impl Session {
     pub(super) async fn checkout_for(
         &mut self,
         plan: &Plan,
-        min_position: u64,
+        needed: &Needed,
         excluded: &[String],
     ) -> Result<(Server, Arc<Node>), CheckoutError> {
         let topo = self.shared.topology.load_full();
         if plan.route == Route::Replica {
             let shared = self.shared.clone();
             let cfg = &shared.config;
-            let need = ReadNeed {
-                min_position,
+            let mut need = ReadNeed {
+                min_position: needed.min_position,
                 max_lag_bytes: cfg.consistency.max_lag_bytes,
                 max_lag_ms: cfg.consistency.max_lag_ms,
             };
             let mut tried: Vec<String> = excluded.to_vec();
             let deadline = Instant::now() + Duration::from_millis(cfg.consistency.max_wait_ms);
             let mut waited = false;
+            // Replicas asked in this round and found behind; the next probe asks another.
+            let mut probed: Vec<String> = Vec::new();
             loop {
                 // Registered before looking, so a sample published in between wakes us.
                 let changed = topo.lag_changed.notified();
+                if !needed.recheck.is_empty() && need.min_position == UNREACHABLE {
+                    need.min_position = self.min_position_of(&needed.recheck);
+                }
                 let eligible = topo.eligible(cfg.routing.primary_reads, &need, &tried);
                 let near = balancer::nearest(eligible, cfg.consistency.nearest_tolerance);
                 let draw = match self.read_turn {
@@ -313,13 +339,80 @@ impl Session {
                     break;
                 }
                 waited = true;
-                let _ = tokio::time::timeout(deadline - now, changed).await;
+                // The monitor samples every lag_interval_ms, usually long after a replica
+                // has replayed a fresh commit: ask one directly meanwhile.
+                if let Some(found) = self.probe_replay(&topo, &need, &tried, &mut probed).await {
+                    self.shared.counters.read(ReadDecision::Waited);
+                    return Ok(found);
+                }
+                let pause = (deadline - Instant::now()).min(PROBE_PAUSE);
+                let _ = tokio::time::timeout(pause, changed).await;
             }
             self.shared.counters.read(ReadDecision::PrimaryFallback);
         }
         let primary = topo.primary().expect("config has a primary").clone();
         let s = self.checkout_node(&primary).await?;
         Ok((s, primary))
+    }
+
+    /// Asks the replica this read would use, were it not behind, how far it has
+    /// replayed; returns its connection when that covers the read.
+    async fn probe_replay(
+        &mut self,
+        topo: &Topology,
+        need: &ReadNeed,
+        tried: &[String],
+        probed: &mut Vec<String>,
+    ) -> Option<(Server, Arc<Node>)> {
+        let cfg = &self.shared.config;
+        // Time-based sources have no position to ask for; a pending commit has none yet.
+        if cfg.consistency.lag_source != LagSource::Postgres
+            || need.min_position == 0
+            || need.min_position == UNREACHABLE
+        {
+            return None;
+        }
+        let budget_only = ReadNeed {
+            min_position: 0,
+            ..*need
+        };
+        let mut skip: Vec<String> = tried.iter().chain(probed.iter()).cloned().collect();
+        let mut behind = topo.eligible(false, &budget_only, &skip);
+        if behind.is_empty() && !probed.is_empty() {
+            // All were asked: start another round.
+            probed.clear();
+            skip.truncate(tried.len());
+            behind = topo.eligible(false, &budget_only, &skip);
+        }
+        let near = balancer::nearest(behind, cfg.consistency.nearest_tolerance);
+        let draw = match self.read_turn {
+            Some(turn) => Draw::Client {
+                turn,
+                rand01: self.read_draw,
+            },
+            None => Draw::Same {
+                rand01: rand::random(),
+            },
+        };
+        let node = self
+            .shared
+            .balancer
+            .pick(cfg.routing.load_balance, &near, draw)?
+            .clone();
+        probed.push(node.name.clone());
+        let mut server = self.checkout_node(&node).await.ok()?;
+        let replayed = match server.query_row(REPLAY_SQL).await {
+            Ok(row) => row.first().cloned().flatten().and_then(|v| lsn::parse(&v)),
+            Err(_) => None,
+        };
+        if let Some(pos) = replayed {
+            node.runtime.observe_position(pos);
+            if pos >= need.min_position {
+                return Some((server, node));
+            }
+        }
+        self.release(server, false).await;
+        None
     }
 
     /// The replayed position a read in this request needs, by the session's mode.
@@ -365,7 +458,20 @@ impl Session {
     }
 }
 
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+/// What a replica must have replayed for a read.
+#[derive(Default)]
+pub(super) struct Needed {
+    pub min_position: u64,
+    /// The read's analyses while the position is UNREACHABLE (else empty).
+    recheck: Vec<Arc<Analysis>>,
+}
+
+/// Between two probes of a replica that has not yet replayed what a read needs.
+const PROBE_PAUSE: Duration = Duration::from_millis(5);
+
+const REPLAY_SQL: &str = "SELECT pg_last_wal_replay_lsn()::text";
+
+pub(super) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
 }

@@ -3,6 +3,7 @@
 //! before any answer reached the client are retried on another node.
 
 use super::relay::{completes_request, valid_client_tag, Flow, Progress, Retry};
+use super::routing::Needed;
 use super::session::{CheckoutError, Server, Session};
 use crate::config::PoolMode;
 use crate::protocol::{messages, sqlstate};
@@ -57,10 +58,10 @@ impl Session {
             if self.is_proxy_settings(&req) && Box::pin(self.answer_proxy_settings(&req)).await? {
                 continue;
             }
-            let (plan, min_position) = self.route(&req);
+            let (plan, needed) = self.route(&req);
             // Boxed: an idle client's task then holds only this loop's small state, not
             // the relay's (the largest future in a session).
-            match Box::pin(self.run_request(plan, min_position, req, tag)).await? {
+            match Box::pin(self.run_request(plan, needed, req, tag)).await? {
                 Some(true) => skip_to_sync = true,
                 Some(false) => {}
                 None => return Ok(()),
@@ -73,7 +74,7 @@ impl Session {
     async fn run_request(
         &mut self,
         plan: Plan,
-        min_position: u64,
+        needed: Needed,
         req: BytesMut,
         tag: u8,
     ) -> anyhow::Result<Option<bool>> {
@@ -95,7 +96,7 @@ impl Session {
             } else {
                 Retry::default()
             };
-            let (server, node) = match self.checkout_for(&plan, min_position, &excluded).await {
+            let (server, node) = match self.checkout_for(&plan, &needed, &excluded).await {
                 Ok(s) => s,
                 Err(e) => return self.checkout_failed(e, tag).await.map(Some),
             };

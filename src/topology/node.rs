@@ -73,6 +73,11 @@ impl NodeRuntime {
         self.lag_known.store(true, Ordering::Release);
     }
 
+    /// A replayed position seen outside the monitor (a session asked the replica).
+    pub fn observe_position(&self, position: u64) {
+        self.position.fetch_max(position, Ordering::Relaxed);
+    }
+
     pub fn lag_unknown(&self) {
         self.lag_known.store(false, Ordering::Release);
     }

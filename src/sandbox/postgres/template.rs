@@ -10,14 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the settings below change, so templates built by older code are rebuilt.
-const FORMAT_MARKER: &str = "# pgwarden-template-format: 1";
+const FORMAT_MARKER: &str = "# pgwarden-template-format: 2";
 
 /// Settings shared by every node. Durability is traded for speed: these clusters are thrown
-/// away. The port and socket directory are per cluster and appended later.
+/// away. synchronous_commit stays on (PostgreSQL's default; cheap without fsync) so WAL
+/// reaches replicas at each commit, as in production, not every wal_writer_delay. The port
+/// and socket directory are per cluster and appended later.
 const BASE_CONF: &str = "
 listen_addresses = '127.0.0.1'
 fsync = off
-synchronous_commit = off
+synchronous_commit = on
 full_page_writes = off
 wal_level = replica
 max_wal_senders = 10
