@@ -44,7 +44,12 @@ PATHS = [
     Path("pgwarden", "pgwarden"),
     # Path("pgwarden+cache", "pgwarden", {"cache": {"enabled": True}}),
 ]
-RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer")]
+# Not run unless named in --paths.
+EXTRA_PATHS = [
+    # What commit-position capture costs a write: the same proxy without it.
+    Path("pgwarden-nocapture", "pgwarden", {"consistency": {"capture_commits": False}}),
+]
+RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("pgwarden", "pgwarden-nocapture")]
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,11 @@ WORKLOADS = [
     Workload("select-prepared", "SELECT-only, prepared statements (-S -M prepared)",
              ("-S", "-M", "prepared")),
     Workload("simple-update", "simple-update, read-write transactions (-N)", ("-N",)),
+    # One autocommit write per transaction: the commit-position capture's cost per write.
+    Workload("update-only", "update-only (custom script: one autocommit UPDATE)",
+             script="\\set aid random(1, 100000 * :scale)\n"
+                    "\\set delta random(-5000, 5000)\n"
+                    "UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n"),
     # Few distinct keys: the shape a result cache is for (and the best case for one).
     Workload("hot-set", "hot-set reads (custom script: 1000 hot rows)",
              script="\\set aid random(1, 1000)\n"
@@ -97,7 +107,8 @@ def parse_args():
     ap.add_argument("--workloads", help="comma-separated keys: "
                     + ",".join(w.key for w in WORKLOADS))
     ap.add_argument("--paths", help="comma-separated path names: "
-                    + ",".join(p.name for p in PATHS))
+                    + ",".join(p.name for p in PATHS) + " (default), "
+                    + ",".join(p.name for p in EXTRA_PATHS))
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale")
     ap.add_argument("--threads", type=int, default=2,
                     help="pgbench -j cap (-j = min(clients, cap))")
@@ -118,7 +129,7 @@ def parse_args():
         a.clients = a.clients or ",".join(map(str, QUICK_CLIENTS))
     a.clients = [int(c) for c in a.clients.split(",")] if a.clients else CLIENTS
     a.workloads = pick(WORKLOADS, a.workloads, lambda w: w.key)
-    a.paths = pick(PATHS, a.paths, lambda p: p.name)
+    a.paths = pick(PATHS + EXTRA_PATHS, a.paths, lambda p: p.name) if a.paths else PATHS
     a.out = a.out or time.strftime("/tmp/pgwarden-pgbench-%Y%m%d-%H%M%S.md")
     return a
 

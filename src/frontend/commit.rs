@@ -1,11 +1,16 @@
 //! Commit positions: after a transaction that wrote commits, its WAL position is read on
 //! the same server connection and recorded for the session (read-your-writes) and for
-//! each table written (the table clock), and published to the fleet.
+//! each table written (the table clock), and published to the fleet. In transaction
+//! mode the read runs detached, so the client's next request does not wait for it.
 
-use super::session::{Server, Session};
+use super::session::{give_back, Server, Session};
 use crate::config::LagSource;
 use crate::consistency::bus::TableWrite;
+use crate::consistency::clock::UNREACHABLE;
 use crate::consistency::lsn;
+use crate::proxy::Shared;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long tables stay unreadable on replicas should a commit position never arrive.
@@ -23,17 +28,91 @@ const FLUSHED_SQL: &str = "SELECT (CASE WHEN current_setting('synchronous_commit
 /// LOCAL, set_config): the session's setting no longer tells.
 const INSERTED_SQL: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
+/// A session's read-your-writes position, shared with the captures it left running.
+#[derive(Default)]
+pub(super) struct SessionClock {
+    last: AtomicU64,
+    /// Captures not finished: until they are, the session's position is unknown.
+    in_flight: AtomicUsize,
+    /// When (ms since the UNIX epoch) a capture failed; 0: none.
+    unknown_since_ms: AtomicU64,
+}
+
+impl SessionClock {
+    /// The position a replica must have replayed for this session's reads; UNREACHABLE
+    /// while a capture runs, and for `max_lag_ms` after one failed (long enough for any
+    /// replica within the lag budget to have replayed the write).
+    pub(super) fn position(&self, max_lag_ms: u64) -> u64 {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return UNREACHABLE;
+        }
+        let since = self.unknown_since_ms.load(Ordering::Relaxed);
+        if since != 0 {
+            if now_ms().saturating_sub(since) <= max_lag_ms {
+                return UNREACHABLE;
+            }
+            self.unknown_since_ms.store(0, Ordering::Relaxed);
+        }
+        self.last.load(Ordering::Relaxed)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Counts a capture as running; dropped without a position (an error path, a lost
+/// server), it leaves the session's position unknown rather than wrong.
+struct InFlight {
+    clock: Arc<SessionClock>,
+    position: Option<u64>,
+}
+
+impl InFlight {
+    fn new(clock: Arc<SessionClock>) -> Self {
+        clock.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            clock,
+            position: None,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        match self.position {
+            Some(p) => {
+                self.clock.last.fetch_max(p, Ordering::Relaxed);
+            }
+            None => self
+                .clock
+                .unknown_since_ms
+                .store(now_ms(), Ordering::Relaxed),
+        }
+        self.clock.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// A commit acknowledged to the client whose position is still to be read.
 #[derive(Default)]
 pub(super) struct PendingCommit {
-    pub tables: Vec<String>,
+    tables: Vec<String>,
     /// Its record may not be flushed yet (see INSERTED_SQL).
-    pub may_be_unflushed: bool,
+    may_be_unflushed: bool,
+    in_flight: Option<InFlight>,
+}
+
+/// What a capture needs once the session has moved on.
+pub(super) struct CaptureTarget {
+    shared: Arc<Shared>,
+    database: String,
 }
 
 impl Session {
     /// The server acknowledged a commit that wrote: until its position is known, no
-    /// replica is safe for its tables.
+    /// replica is safe for its tables, nor for this session's reads.
     pub(super) fn commit_acknowledged(
         &mut self,
         tables: Vec<String>,
@@ -45,21 +124,51 @@ impl Session {
             tables.iter().map(String::as_str),
             PENDING_TTL,
         );
-        let p = pending.get_or_insert_with(PendingCommit::default);
+        let clock = &self.clock;
+        let p = pending.get_or_insert_with(|| PendingCommit {
+            in_flight: Some(InFlight::new(clock.clone())),
+            ..Default::default()
+        });
         p.tables.extend(tables);
         p.may_be_unflushed |= may_be_unflushed;
     }
 
-    /// Reads the commit position and records it.
+    /// Reads the commit position on `server` and records it, before anything else runs
+    /// on this connection.
     pub(super) async fn capture_commit(
         &mut self,
         server: &mut Server,
         pending: PendingCommit,
         hold: bool,
     ) {
+        self.capture_target().capture(server, pending, hold).await;
+    }
+
+    /// Reads the commit position on `server` in a task of its own, then gives the
+    /// server back to its pool: the session goes on with its next request meanwhile.
+    pub(super) fn capture_detached(&mut self, mut server: Server, pending: PendingCommit) {
+        *self.cancel.lock().expect("cancel slot lock") = None;
+        let target = self.capture_target();
+        tokio::spawn(async move {
+            target.capture(&mut server, pending, false).await;
+            give_back(server);
+        });
+    }
+
+    fn capture_target(&self) -> CaptureTarget {
+        CaptureTarget {
+            shared: self.shared.clone(),
+            database: self.database.clone(),
+        }
+    }
+}
+
+impl CaptureTarget {
+    async fn capture(&self, server: &mut Server, pending: PendingCommit, hold: bool) {
         let PendingCommit {
             tables,
             may_be_unflushed,
+            mut in_flight,
         } = pending;
         let sql = if may_be_unflushed {
             INSERTED_SQL
@@ -75,33 +184,26 @@ impl Session {
                 }
             },
             // Aurora positions are times: a replica is safe once it is past this moment.
-            LagSource::Aurora => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_millis() as u64),
+            LagSource::Aurora => Some(now_ms()),
         };
+        // Without a position the tables stay pending until the marker lapses, and the
+        // session's reads go to the primary for a while (InFlight's drop).
+        let Some(pos) = position else { return };
         let clock = &self.shared.table_clock;
         let names = || tables.iter().map(String::as_str);
-        match position {
-            Some(pos) => {
-                self.last_commit = self.last_commit.max(pos);
-                clock.advance(&self.database, names(), pos);
-                clock.end_commit(&self.database, names());
-                metrics::counter!("pgwarden_commit_positions_total").increment(1);
-                self.publish_commit(&tables, pos, hold).await;
-            }
-            None => {
-                // The tables stay pending until the marker lapses; this session reads
-                // from the primary until then.
-                self.last_commit = crate::consistency::clock::UNREACHABLE;
-                self.unknown_commit_since = Some(std::time::Instant::now());
-            }
+        clock.advance(&self.database, names(), pos);
+        clock.end_commit(&self.database, names());
+        if let Some(f) = &mut in_flight {
+            f.position = Some(pos);
         }
+        drop(in_flight);
+        metrics::counter!("pgwarden_commit_positions_total").increment(1);
+        self.publish(&tables, pos, hold).await;
     }
 
     /// Tells the fleet. With `hold`, waits (bounded) until Redis has it, so another
     /// proxy cannot serve a stale read of it once the client has its reply.
-    async fn publish_commit(&self, tables: &[String], lsn: u64, hold: bool) {
+    async fn publish(&self, tables: &[String], lsn: u64, hold: bool) {
         let Some(bus) = &self.shared.bus else { return };
         let w = TableWrite {
             db: self.database.clone(),
@@ -116,5 +218,38 @@ impl Session {
         } else {
             bus.publish(w);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_position_is_unknown_while_a_capture_runs() {
+        let clock = Arc::new(SessionClock::default());
+        assert_eq!(clock.position(1000), 0);
+        let mut f = InFlight::new(clock.clone());
+        assert_eq!(clock.position(1000), UNREACHABLE);
+        f.position = Some(42);
+        drop(f);
+        assert_eq!(clock.position(1000), 42);
+        // Positions only move forward.
+        let mut g = InFlight::new(clock.clone());
+        g.position = Some(7);
+        drop(g);
+        assert_eq!(clock.position(1000), 42);
+    }
+
+    #[test]
+    fn a_capture_dropped_without_a_position_sends_reads_to_the_primary_for_a_while() {
+        let clock = Arc::new(SessionClock::default());
+        drop(InFlight::new(clock.clone()));
+        assert_eq!(clock.position(60_000), UNREACHABLE);
+        // Past max_lag_ms any replica within the budget has the write.
+        clock
+            .unknown_since_ms
+            .store(now_ms() - 2, Ordering::Relaxed);
+        assert_eq!(clock.position(1), 0);
     }
 }

@@ -169,7 +169,9 @@ impl Session {
             // Replies the proxy owes before the server's next one (e.g. a dropped
             // Parse followed by Flush) go out now.
             p.pipeline.drain_leading_injects(&mut self.out);
-            if p.commit.is_some() && p.pipeline.is_empty() {
+            // Holding the server (session mode, a pinned client) the position is read
+            // here; otherwise the caller reads it detached once the server is idle.
+            if hold && p.commit.is_some() && p.pipeline.is_empty() {
                 self.flush_out().await?;
                 let pending = p.commit.take().unwrap_or_default();
                 self.capture_commit(server, pending, false).await;
@@ -231,7 +233,7 @@ impl Session {
                     }
                     // The commit's position is read once nothing else is in flight on
                     // this connection (the client's reply has already gone out).
-                    if p.commit.is_some() && p.pipeline.is_empty() && self.out.is_empty() {
+                    if hold && p.commit.is_some() && p.pipeline.is_empty() && self.out.is_empty() {
                         let pending = p.commit.take().unwrap_or_default();
                         self.capture_commit(server, pending, false).await;
                     }

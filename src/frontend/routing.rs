@@ -104,11 +104,7 @@ impl Session {
         let min_position = self.min_position_of(&analyses);
         // A commit of a table it reads is still being captured: the position is asked
         // again while the read waits.
-        let recheck = if min_position == UNREACHABLE {
-            analyses
-        } else {
-            Vec::new()
-        };
+        let recheck = (min_position == UNREACHABLE).then_some(analyses);
         (
             p,
             Needed {
@@ -298,8 +294,10 @@ impl Session {
             loop {
                 // Registered before looking, so a sample published in between wakes us.
                 let changed = topo.lag_changed.notified();
-                if !needed.recheck.is_empty() && need.min_position == UNREACHABLE {
-                    need.min_position = self.min_position_of(&needed.recheck);
+                if let Some(analyses) = needed.recheck.as_ref() {
+                    if need.min_position == UNREACHABLE {
+                        need.min_position = self.min_position_of(analyses);
+                    }
                 }
                 let eligible = topo.eligible(cfg.routing.primary_reads, &need, &tried);
                 let near = balancer::nearest(eligible, cfg.consistency.nearest_tolerance);
@@ -417,17 +415,14 @@ impl Session {
 
     /// The replayed position a read in this request needs, by the session's mode.
     fn min_position(&mut self, reads: &[&str]) -> u64 {
-        if let Some(since) = self.unknown_commit_since {
-            // Long enough for any replica within the lag budget to have replayed it.
-            if since.elapsed() > Duration::from_millis(self.shared.config.consistency.max_lag_ms) {
-                self.unknown_commit_since = None;
-                self.last_commit = 0;
-            }
-        }
+        let own = || {
+            self.clock
+                .position(self.shared.config.consistency.max_lag_ms)
+        };
         match self.consistency {
             ConsistencyMode::Eventual => 0,
-            ConsistencyMode::Session => self.last_commit,
-            ConsistencyMode::Strict => self.last_commit.max(
+            ConsistencyMode::Session => own(),
+            ConsistencyMode::Strict => own().max(
                 self.shared
                     .table_clock
                     .max_of(&self.database, reads.iter().copied()),
@@ -462,8 +457,9 @@ impl Session {
 #[derive(Default)]
 pub(super) struct Needed {
     pub min_position: u64,
-    /// The read's analyses while the position is UNREACHABLE (else empty).
-    recheck: Vec<Arc<Analysis>>,
+    /// The read's analyses, kept while the position is UNREACHABLE (a commit being
+    /// captured) to ask again as the read waits.
+    recheck: Option<Vec<Arc<Analysis>>>,
 }
 
 /// Between two probes of a replica that has not yet replayed what a read needs.

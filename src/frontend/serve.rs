@@ -186,12 +186,19 @@ impl Session {
         match flow {
             Ok(Flow::Idle) if self.pinned.is_some() => {
                 // Pinned by this request: keep the very same connection from now on.
+                if let Some(pending) = progress.commit.take() {
+                    self.capture_commit(&mut server, pending, false).await;
+                }
                 return self
                     .held(server, BytesMut::new())
                     .await
                     .map(|_| Flow::ClientGone);
             }
-            Ok(Flow::Idle) => self.release(server, false).await,
+            Ok(Flow::Idle) => match progress.commit.take() {
+                // The client has its reply and may send its next request at once.
+                Some(pending) => self.capture_detached(server, pending),
+                None => self.release(server, false).await,
+            },
             _ => self.finish(server, &progress).await,
         }
         flow

@@ -3,6 +3,7 @@
 
 use super::auth::{self, AuthUser};
 use super::cancel::{CancelSlot, CancelTarget};
+use super::commit::SessionClock;
 use super::statements::ClientStatements;
 use crate::backend::conn::quote_literal;
 use crate::backend::pool::ServerPool;
@@ -43,9 +44,7 @@ pub(super) struct Session {
     /// Session state that cannot move between connections was created.
     pub pinned: Option<PinReason>,
     /// Commit position of this session's last write (read-your-writes).
-    pub last_commit: u64,
-    /// A commit whose position could not be read: reads go to the primary for a while.
-    pub unknown_commit_since: Option<std::time::Instant>,
+    pub clock: Arc<SessionClock>,
     pub consistency: ConsistencyMode,
     /// The request being routed runs something (Query or Execute), not just a prepare.
     pub request_executes: bool,
@@ -180,8 +179,7 @@ async fn open(
         pending_sets: Vec::new(),
         route_override: RouteOverride::Auto,
         pinned: None,
-        last_commit: 0,
-        unknown_commit_since: None,
+        clock: Arc::default(),
         consistency: shared.config.consistency.mode,
         request_executes: true,
         read_turn: shared
@@ -286,11 +284,7 @@ impl Session {
                 server.prepared.clear();
             }
         }
-        if server.broken {
-            let _ = Object::take(server);
-            return;
-        }
-        touch(&mut server);
+        give_back(server);
     }
 
     pub(super) async fn send_error(
@@ -364,6 +358,15 @@ impl CheckoutError {
             ),
         }
     }
+}
+
+/// Returns a server to its pool, or discards it when its state is unknown.
+pub(super) fn give_back(mut server: Server) {
+    if server.broken {
+        let _ = Object::take(server);
+        return;
+    }
+    touch(&mut server);
 }
 
 fn login_error(e: &CheckoutError) -> BytesMut {
