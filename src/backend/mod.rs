@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod conn;
 pub mod pool;
+pub mod positions;
 pub mod prepared;
 pub mod tls;
 

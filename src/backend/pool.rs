@@ -1,6 +1,7 @@
 //! deadpool pools of server connections, one per (database, user, node).
 
 use super::conn::{connect, BackendError, ConnectSpec, ServerConn};
+use super::positions::PositionSampler;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,8 @@ pub struct PoolSettings {
 pub struct PoolEntry {
     pub pool: ServerPool,
     pub startup_params: StartupParams,
+    /// Commit positions read on this pool, shared by its clients' commits.
+    pub positions: Arc<PositionSampler>,
 }
 
 pub struct Pools {
@@ -101,6 +104,7 @@ impl Pools {
         let entry = PoolEntry {
             pool,
             startup_params,
+            positions: Arc::default(),
         };
         map.insert(key.clone(), entry.clone());
         entry

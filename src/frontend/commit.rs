@@ -1,7 +1,8 @@
-//! Commit positions: after a transaction that wrote commits, its WAL position is read on
-//! the same server connection and recorded for the session (read-your-writes) and for
-//! each table written (the table clock), and published to the fleet. In transaction
-//! mode the read runs detached, so the client's next request does not wait for it.
+//! Commit positions: after a transaction that wrote commits, a WAL position that covers
+//! it is recorded for the session (read-your-writes) and for each table written (the
+//! table clock), and published to the fleet. A held server (session mode, pinned
+//! client, fleet hold) is asked itself; in transaction mode the pool's sampler answers
+//! in the background, one query for every commit waiting.
 
 use super::session::{give_back, Server, Session};
 use crate::config::LagSource;
@@ -144,14 +145,33 @@ impl Session {
         self.capture_target().capture(server, pending, hold).await;
     }
 
-    /// Reads the commit position on `server` in a task of its own, then gives the
-    /// server back to its pool: the session goes on with its next request meanwhile.
-    pub(super) fn capture_detached(&mut self, mut server: Server, pending: PendingCommit) {
+    /// Gives the idle server back at once and has the position read by the pool's
+    /// sampler in a task of its own (one query serves all commits waiting for it): the
+    /// session goes on with its next request meanwhile.
+    pub(super) fn capture_detached(&mut self, server: Server, pending: PendingCommit) {
         *self.cancel.lock().expect("cancel slot lock") = None;
+        give_back(server);
         let target = self.capture_target();
+        let sampler = self.pool.positions.clone();
+        let pool = self.pool.pool.clone();
+        // A session that set synchronous_commit itself: the sampler's connection does
+        // not see that setting, so only the insert position is sure to cover it.
+        let session_async = self
+            .params
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("synchronous_commit"));
         tokio::spawn(async move {
-            target.capture(&mut server, pending, false).await;
-            give_back(server);
+            let position = match target.shared.config.consistency.lag_source {
+                LagSource::Postgres => sampler.after_now(&pool).await.map(|p| {
+                    if pending.may_be_unflushed || session_async || p.sync_off {
+                        p.insert
+                    } else {
+                        p.flush
+                    }
+                }),
+                LagSource::Aurora => Some(now_ms()),
+            };
+            target.record(pending, position, false).await;
         });
     }
 
@@ -164,13 +184,10 @@ impl Session {
 }
 
 impl CaptureTarget {
+    /// Reads the position on the connection that committed, before anything else runs
+    /// on it.
     async fn capture(&self, server: &mut Server, pending: PendingCommit, hold: bool) {
-        let PendingCommit {
-            tables,
-            may_be_unflushed,
-            mut in_flight,
-        } = pending;
-        let sql = if may_be_unflushed {
+        let sql = if pending.may_be_unflushed {
             INSERTED_SQL
         } else {
             FLUSHED_SQL
@@ -186,6 +203,15 @@ impl CaptureTarget {
             // Aurora positions are times: a replica is safe once it is past this moment.
             LagSource::Aurora => Some(now_ms()),
         };
+        self.record(pending, position, hold).await;
+    }
+
+    async fn record(&self, pending: PendingCommit, position: Option<u64>, hold: bool) {
+        let PendingCommit {
+            tables,
+            mut in_flight,
+            ..
+        } = pending;
         // Without a position the tables stay pending until the marker lapses, and the
         // session's reads go to the primary for a while (InFlight's drop).
         let Some(pos) = position else { return };
