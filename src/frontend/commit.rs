@@ -4,7 +4,7 @@
 //! client, fleet hold) is asked itself; in transaction mode the pool's sampler answers
 //! in the background, one query for every commit waiting.
 
-use super::session::{give_back, Server, Session};
+use super::session::{Server, Session};
 use crate::config::LagSource;
 use crate::consistency::bus::TableWrite;
 use crate::consistency::clock::UNREACHABLE;
@@ -149,8 +149,7 @@ impl Session {
     /// sampler in a task of its own (one query serves all commits waiting for it): the
     /// session goes on with its next request meanwhile.
     pub(super) fn capture_detached(&mut self, server: Server, pending: PendingCommit) {
-        *self.cancel.lock().expect("cancel slot lock") = None;
-        give_back(server);
+        self.let_go(server);
         let target = self.capture_target();
         let sampler = self.pool.positions.clone();
         let pool = self.pool.pool.clone();

@@ -100,11 +100,11 @@ impl Session {
         if p.route == Route::Primary {
             return (p, Needed::default());
         }
-        let analyses: Vec<Arc<Analysis>> = analyses.into_iter().map(|(a, _)| a).collect();
-        let min_position = self.min_position_of(&analyses);
+        let min_position = self.min_position_of(analyses.iter().map(|(a, _)| a));
         // A commit of a table it reads is still being captured: the position is asked
         // again while the read waits.
-        let recheck = (min_position == UNREACHABLE).then_some(analyses);
+        let recheck =
+            (min_position == UNREACHABLE).then(|| analyses.into_iter().map(|(a, _)| a).collect());
         (
             p,
             Needed {
@@ -114,13 +114,37 @@ impl Session {
         )
     }
 
-    fn min_position_of(&mut self, analyses: &[Arc<Analysis>]) -> u64 {
-        let reads: Vec<&str> = analyses
-            .iter()
-            .flat_map(|a| a.reads())
-            .map(|t| t.name.as_str())
-            .collect();
-        self.min_position(&reads)
+    /// The replayed position a read of these statements needs, by the session's mode.
+    fn min_position_of<'a>(&self, analyses: impl Iterator<Item = &'a Arc<Analysis>>) -> u64 {
+        let own = || {
+            self.clock
+                .position(self.shared.config.consistency.max_lag_ms)
+        };
+        match self.consistency {
+            ConsistencyMode::Eventual => 0,
+            ConsistencyMode::Session => own(),
+            ConsistencyMode::Strict => own().max(self.shared.table_clock.max_of(
+                &self.database,
+                analyses.flat_map(|a| a.reads()).map(|t| t.name.as_str()),
+            )),
+        }
+    }
+
+    /// How this request picks among replicas: the client's fixed turn with sticky reads,
+    /// else a fresh draw; `advance` moves the shared rotation on.
+    fn draw(&self, advance: bool) -> Draw {
+        match self.read_turn {
+            Some(turn) => Draw::Client {
+                turn,
+                rand01: self.read_draw,
+            },
+            None if advance => Draw::Next {
+                rand01: rand::random(),
+            },
+            None => Draw::Same {
+                rand01: rand::random(),
+            },
+        }
     }
 
     /// Answers a simple Query made only of `SET/RESET pgwarden.*` itself: these are
@@ -296,23 +320,12 @@ impl Session {
                 let changed = topo.lag_changed.notified();
                 if let Some(analyses) = needed.recheck.as_ref() {
                     if need.min_position == UNREACHABLE {
-                        need.min_position = self.min_position_of(analyses);
+                        need.min_position = self.min_position_of(analyses.iter());
                     }
                 }
                 let eligible = topo.eligible(cfg.routing.primary_reads, &need, &tried);
                 let near = balancer::nearest(eligible, cfg.consistency.nearest_tolerance);
-                let draw = match self.read_turn {
-                    Some(turn) => Draw::Client {
-                        turn,
-                        rand01: self.read_draw,
-                    },
-                    None if self.request_executes => Draw::Next {
-                        rand01: rand::random(),
-                    },
-                    None => Draw::Same {
-                        rand01: rand::random(),
-                    },
-                };
+                let draw = self.draw(self.request_executes);
                 if let Some(node) = shared.balancer.pick(cfg.routing.load_balance, &near, draw) {
                     let node = node.clone();
                     match self.checkout_node(&node).await {
@@ -383,15 +396,7 @@ impl Session {
             behind = topo.eligible(false, &budget_only, &skip);
         }
         let near = balancer::nearest(behind, cfg.consistency.nearest_tolerance);
-        let draw = match self.read_turn {
-            Some(turn) => Draw::Client {
-                turn,
-                rand01: self.read_draw,
-            },
-            None => Draw::Same {
-                rand01: rand::random(),
-            },
-        };
+        let draw = self.draw(false);
         let node = self
             .shared
             .balancer
@@ -411,23 +416,6 @@ impl Session {
         }
         self.release(server, false).await;
         None
-    }
-
-    /// The replayed position a read in this request needs, by the session's mode.
-    fn min_position(&mut self, reads: &[&str]) -> u64 {
-        let own = || {
-            self.clock
-                .position(self.shared.config.consistency.max_lag_ms)
-        };
-        match self.consistency {
-            ConsistencyMode::Eventual => 0,
-            ConsistencyMode::Session => own(),
-            ConsistencyMode::Strict => own().max(
-                self.shared
-                    .table_clock
-                    .max_of(&self.database, reads.iter().copied()),
-            ),
-        }
     }
 
     async fn checkout_node(&mut self, node: &Arc<Node>) -> Result<Server, CheckoutError> {
@@ -467,7 +455,34 @@ const PROBE_PAUSE: Duration = Duration::from_millis(5);
 
 const REPLAY_SQL: &str = "SELECT pg_last_wal_replay_lsn()::text";
 
+/// Case-insensitive substring test, run on every Query: memchr finds the candidates
+/// for the first byte, so most of the text is skipped in SIMD steps.
 pub(super) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), hay).any(|i| {
+        hay.get(i + 1..i + 1 + rest.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(rest))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_ci;
+
+    #[test]
+    fn contains_ci_matches_any_case_and_nothing_else() {
+        assert!(contains_ci(
+            b"SET LOCAL Synchronous_Commit = off",
+            b"synchronous_commit"
+        ));
+        assert!(contains_ci(b"set pgwarden.route = primary", b"pgwarden."));
+        assert!(!contains_ci(
+            b"select synchronous_commi",
+            b"synchronous_commit"
+        ));
+        assert!(!contains_ci(b"select pgwarden", b"pgwarden."));
+        assert!(contains_ci(b"x", b""));
+    }
 }

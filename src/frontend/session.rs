@@ -276,7 +276,6 @@ impl Session {
 
     /// Gives a server connection back (or discards it when its state is unknown).
     pub(super) async fn release(&mut self, mut server: Server, reset: bool) {
-        *self.cancel.lock().expect("cancel slot lock") = None;
         if reset && !server.broken {
             // Session mode hands a connection to an unrelated client next.
             if server.run_internal("DISCARD ALL").await.is_ok() {
@@ -284,6 +283,13 @@ impl Session {
                 server.prepared.clear();
             }
         }
+        self.let_go(server);
+    }
+
+    /// The client no longer uses `server`: its cancel key stops pointing there, and the
+    /// server goes back to its pool (or is discarded when its state is unknown).
+    pub(super) fn let_go(&mut self, server: Server) {
+        *self.cancel.lock().expect("cancel slot lock") = None;
         give_back(server);
     }
 
@@ -361,7 +367,7 @@ impl CheckoutError {
 }
 
 /// Returns a server to its pool, or discards it when its state is unknown.
-pub(super) fn give_back(mut server: Server) {
+fn give_back(mut server: Server) {
     if server.broken {
         let _ = Object::take(server);
         return;
