@@ -84,6 +84,9 @@ pub struct PoolConfig {
     /// Named prepared statements kept per server connection (least recently used
     /// are closed beyond this).
     pub prepared_statements_per_server: usize,
+    /// Run simple-protocol SELECTs whose integer literals can be lifted as prepared
+    /// statements on the server (parsed and planned once per connection).
+    pub auto_prepare: bool,
 }
 
 impl Default for PoolConfig {
@@ -95,6 +98,7 @@ impl Default for PoolConfig {
             idle_check_ms: 30_000,
             connect_timeout_ms: 5_000,
             prepared_statements_per_server: 200,
+            auto_prepare: true,
         }
     }
 }

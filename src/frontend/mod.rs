@@ -2,6 +2,7 @@
 //! requests, and the per-client session that relays requests to pooled servers.
 
 pub mod auth;
+mod auto_prepare;
 pub mod cancel;
 mod commit;
 pub mod counters;

@@ -2,8 +2,10 @@
 //! drop a Parse the server already has (answering ParseComplete itself) or slip in a
 //! re-prepare (hiding its answer) without the client seeing any difference.
 
+use super::auto_prepare;
 use crate::backend::prepared::PreparedSet;
-use bytes::{BufMut, BytesMut};
+use crate::protocol::messages;
+use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -30,6 +32,17 @@ pub enum Expect {
     /// The client ended a COPY (CopyDone/CopyFail) before the server said COPY began;
     /// no reply of its own.
     CopyEnd,
+    /// A simple Query sent as [Parse] Bind Describe Execute Sync of the server statement
+    /// `id` (see auto_prepare); `query` is the client's Query, run as sent if the
+    /// statement fails before it executes.
+    AutoQuery {
+        id: u64,
+        query: Bytes,
+        parse_pending: bool,
+        bound: bool,
+        /// The error that stopped it before it executed, held back from the client.
+        failed: Option<Bytes>,
+    },
 }
 
 #[derive(Default)]
@@ -38,6 +51,8 @@ pub struct Pipeline {
     /// The server is in COPY FROM STDIN and the client has not ended it: PostgreSQL
     /// ignores Sync and Flush then, so they owe no reply.
     copy_in: bool,
+    /// Messages the server must be sent next (an AutoQuery falling back to its Query).
+    resend: Option<BytesMut>,
 }
 
 fn put_empty(out: &mut BytesMut, tag: u8) {
@@ -101,6 +116,96 @@ impl Pipeline {
         self.copy_in = true;
     }
 
+    /// What must be sent to the server before anything else, if anything.
+    pub fn take_resend(&mut self) -> Option<BytesMut> {
+        self.resend.take()
+    }
+
+    /// An AutoQuery at the front accounts for the message. The server's replies to the
+    /// Parse and Bind are the proxy's own; an error before the statement executes (say,
+    /// "cached plan must not change result type" after DDL) is hidden with its
+    /// ReadyForQuery and the client's Query runs as sent, so the client sees exactly
+    /// what the simple protocol gives.
+    fn on_auto(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        prepared: &mut PreparedSet,
+        out: &mut BytesMut,
+    ) -> bool {
+        let Some(Expect::AutoQuery {
+            id,
+            parse_pending,
+            bound,
+            failed,
+            ..
+        }) = self.q.front_mut()
+        else {
+            return true;
+        };
+        match tag {
+            b'1' if *parse_pending => {
+                *parse_pending = false;
+                false
+            }
+            b'2' if !*bound => {
+                *bound = true;
+                false
+            }
+            b'E' => {
+                if *parse_pending {
+                    // The statement was never created.
+                    prepared.remove(&auto_prepare::name(*id));
+                    *parse_pending = false;
+                }
+                if *bound || !auto_prepare::may_fall_back(&messages::error_fields(body).0) {
+                    return true;
+                }
+                *failed = Some(Bytes::copy_from_slice(body));
+                false
+            }
+            b'Z' => {
+                let Some(Expect::AutoQuery {
+                    id,
+                    query,
+                    parse_pending,
+                    failed: Some(error),
+                    ..
+                }) = self.q.pop_front()
+                else {
+                    return true;
+                };
+                let mut resend = BytesMut::new();
+                let created = !parse_pending && prepared.touch(&auto_prepare::name(id));
+                if created {
+                    // Unusable now: closed, so the next use prepares it anew.
+                    prepared.remove(&auto_prepare::name(id));
+                    auto_prepare::close(id, &mut resend);
+                }
+                if self.q.is_empty() {
+                    if created {
+                        self.q.push_back(Expect::Close { hide: true });
+                    }
+                    self.q.push_back(Expect::Query);
+                    resend.extend_from_slice(&query);
+                    self.resend = Some(resend);
+                    return false;
+                }
+                // The client pipelined more behind it, already sent: running the Query
+                // now would answer out of order, so the client gets the error after all.
+                out.put_u8(b'E');
+                out.put_u32(4 + error.len() as u32);
+                out.extend_from_slice(&error);
+                if created {
+                    self.q.push_back(Expect::Close { hide: true });
+                    self.resend = Some(resend);
+                }
+                true
+            }
+            _ => failed.is_none(),
+        }
+    }
+
     /// Emits replies the proxy owes before anything else arrives (e.g. a dropped
     /// Parse followed by a Flush).
     pub fn drain_leading_injects(&mut self, out: &mut BytesMut) {
@@ -120,6 +225,9 @@ impl Pipeline {
             return true;
         }
         self.flush_injects(out);
+        if matches!(self.q.front(), Some(Expect::AutoQuery { .. })) {
+            return self.on_auto(tag, body, prepared, out);
+        }
         if tag == b'G' {
             self.copy_in_started();
         }

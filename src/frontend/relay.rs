@@ -7,6 +7,7 @@ use super::pipeline::Pipeline;
 use super::routing::contains_ci;
 use super::session::{Server, Session};
 use crate::protocol::{messages, sqlstate, Frame};
+use crate::router::parameterize::parameterize;
 use bytes::BytesMut;
 
 /// Flush what is queued for one side once it grows past this.
@@ -220,6 +221,9 @@ impl Session {
                     if p.pipeline.on_server(frame.tag, frame.body(), &mut server.prepared, &mut self.out) {
                         self.out.unsplit(frame.data);
                     }
+                    if let Some(resend) = p.pipeline.take_resend() {
+                        to_server.unsplit(resend);
+                    }
                     p.pipeline.after_server(&mut self.out);
                     // In a fleet the reply to a commit waits for its position to reach
                     // Redis (bounded by consistency.fleet_publish_wait_ms); only when
@@ -294,17 +298,41 @@ impl Session {
         let query = sql
             .filter(|_| frame.tag == b'Q')
             .map(|sql| self.shared.parse_cache.analyze(sql));
+        // Only with the server idle: a fallback to the client's Query (see Pipeline)
+        // must be free to run it again.
+        let lifted = match (&query, sql) {
+            (Some(a), Some(sql))
+                if self.shared.config.pool.auto_prepare
+                    && p.idle()
+                    && super::auto_prepare::eligible(a) =>
+            {
+                parameterize(sql)
+            }
+            _ => None,
+        };
         let bound = (frame.tag == b'B')
             .then(|| bound_statement(frame.body()))
             .flatten()
             .and_then(|name| self.statements.analysis_of(name));
-        let parsed = self.statements.rewrite(
-            frame,
-            &self.shared.parse_cache,
-            &mut server.prepared,
-            &mut p.pipeline,
-            to_server,
-        );
+        let parsed = match lifted {
+            Some(lifted) => {
+                super::auto_prepare::send(
+                    frame,
+                    &lifted,
+                    &mut server.prepared,
+                    &mut p.pipeline,
+                    to_server,
+                );
+                None
+            }
+            None => self.statements.rewrite(
+                frame,
+                &self.shared.parse_cache,
+                &mut server.prepared,
+                &mut p.pipeline,
+                to_server,
+            ),
+        };
         // What runs (a Query, or an Execute of a bound statement) may write.
         if let Some(a) = query.as_ref().or(bound.as_ref()) {
             if a.is_write() {

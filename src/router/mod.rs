@@ -3,5 +3,6 @@
 
 pub mod analysis;
 pub mod fingerprint;
+pub mod parameterize;
 pub mod parse_cache;
 pub mod plan;

@@ -1,0 +1,149 @@
+//! Runs a simple-protocol SELECT whose literals can be lifted as a prepared statement on
+//! the server (`pool.auto_prepare`): PostgreSQL then parses and plans it once per
+//! connection instead of on every call. The client still sees simple-protocol replies.
+
+use super::pipeline::{Expect, Pipeline};
+use crate::backend::prepared::PreparedSet;
+use crate::protocol::Frame;
+use crate::router::analysis::{Analysis, StatementKind};
+use crate::router::parameterize::Parameterized;
+use bytes::{BufMut, BytesMut};
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+
+/// Whether the analysis allows running the Query as a prepared statement: one plain
+/// SELECT that neither writes nor locks.
+pub(super) fn eligible(a: &Analysis) -> bool {
+    matches!(a.statements.as_slice(), [s] if s.kind == StatementKind::Select && !s.is_write())
+}
+
+/// A server statement name, `pgw_q` and 16 hex digits, without allocating.
+pub(super) struct Name([u8; 21]);
+
+impl Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+pub(super) fn name(id: u64) -> Name {
+    let mut b = *b"pgw_q0000000000000000";
+    for (i, d) in b[5..].iter_mut().enumerate() {
+        let nibble = (id >> (60 - 4 * i)) & 0xf;
+        *d = b"0123456789abcdef"[nibble as usize];
+    }
+    Name(b)
+}
+
+fn id_of(p: &Parameterized) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.sql.hash(&mut h);
+    p.types.hash(&mut h);
+    h.finish()
+}
+
+/// Appends one message, its length filled in after `body` wrote it.
+fn put_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u8(tag);
+    out.put_u32(0);
+    body(out);
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(out: &mut BytesMut, s: &[u8]) {
+    out.put_slice(s);
+    out.put_u8(0);
+}
+
+/// Closes the server statement `id`.
+pub(super) fn close(id: u64, out: &mut BytesMut) {
+    put_message(out, b'C', |m| {
+        m.put_u8(b'S');
+        put_cstr(m, name(id).as_bytes());
+    });
+}
+
+/// Errors after which the client's Query is run as sent instead: those that are about
+/// the statement. Not a cancel, a shutdown or a broken connection (57, 08), nor a lack
+/// of resources or a system error (53, 58, XX): those the client must see.
+pub(super) fn may_fall_back(code: &str) -> bool {
+    !["57", "08", "53", "58", "XX"]
+        .iter()
+        .any(|c| code.starts_with(c))
+}
+
+/// Sends the Query in `frame` as [Parse] Bind Describe Execute Sync of the statement for
+/// `p`, preparing it first if this server connection lacks it.
+pub(super) fn send(
+    frame: Frame,
+    p: &Parameterized,
+    prepared: &mut PreparedSet,
+    pipeline: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
+    let id = id_of(p);
+    let name = name(id);
+    let parse_pending = !prepared.touch(&name);
+    if parse_pending {
+        if let Some(evicted) = prepared.insert(name.deref().into()) {
+            put_message(to_server, b'C', |m| {
+                m.put_u8(b'S');
+                put_cstr(m, evicted.as_bytes());
+            });
+            pipeline.push(Expect::Close { hide: true });
+        }
+        put_message(to_server, b'P', |m| {
+            put_cstr(m, name.as_bytes());
+            put_cstr(m, p.sql.as_bytes());
+            m.put_i16(p.types.len() as i16);
+            for t in &p.types {
+                m.put_u32(*t);
+            }
+        });
+    }
+    let sql = frame.body();
+    put_message(to_server, b'B', |m| {
+        put_cstr(m, b"");
+        put_cstr(m, name.as_bytes());
+        m.put_i16(0); // every parameter in text
+        m.put_i16(p.values.len() as i16);
+        for v in &p.values {
+            m.put_i32(v.len() as i32);
+            m.put_slice(&sql[v.clone()]);
+        }
+        m.put_i16(0); // every column in text, as the simple protocol sends them
+    });
+    put_message(to_server, b'D', |m| put_cstr(m, b"P"));
+    put_message(to_server, b'E', |m| {
+        put_cstr(m, b"");
+        m.put_i32(0);
+    });
+    put_message(to_server, b'S', |_| {});
+    pipeline.push(Expect::AutoQuery {
+        id,
+        query: frame.data.freeze(),
+        parse_pending,
+        bound: false,
+        failed: None,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_fixed_width_hex() {
+        assert_eq!(&*name(0xab), "pgw_q00000000000000ab");
+        assert_eq!(&*name(u64::MAX), "pgw_qffffffffffffffff");
+    }
+
+    #[test]
+    fn falls_back_only_on_errors_about_the_statement() {
+        assert!(may_fall_back("0A000") && may_fall_back("42703") && may_fall_back("26000"));
+        assert!(!may_fall_back("57014") && !may_fall_back("08006") && !may_fall_back("XX000"));
+    }
+}

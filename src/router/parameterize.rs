@@ -1,0 +1,231 @@
+//! Turns a simple-protocol SELECT into a statement with parameters, so the proxy can run
+//! it as a server-side prepared statement (parsed and planned once per connection).
+//! Only integer literals in places where they are plainly values are lifted, each typed
+//! exactly as PostgreSQL types the literal, and the text keeps every other byte at its
+//! offset so error positions still point at the client's own SQL.
+
+use super::analysis::lexer::{Lexer, TokenKind};
+use std::fmt::Write;
+use std::ops::Range;
+
+/// PostgreSQL type OIDs of the parameters we create.
+pub const INT4_OID: u32 = 23;
+pub const INT8_OID: u32 = 20;
+
+/// More parameters than this: not worth a statement of its own.
+const MAX_PARAMS: usize = 32;
+
+/// Literals left in the text must be short (at most this many bytes): their values then
+/// have few variants, so the set of statement texts stays small.
+const MAX_INLINE_LITERAL: usize = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parameterized {
+    /// The SQL with `$n` (padded with spaces to the literal's length) for each lifted literal.
+    pub sql: String,
+    /// One type OID per parameter.
+    pub types: Vec<u32>,
+    /// Where each parameter's value (its digits, sign included) sits in the original SQL.
+    pub values: Vec<Range<usize>>,
+}
+
+/// The type PostgreSQL gives an integer literal written as `text` (optional `-`, digits):
+/// int4 when the digits fit in int4, int8 when they fit in int8, else numeric (None). The
+/// sign does not count: PostgreSQL types the digits first, then negates.
+fn integer_type(text: &[u8]) -> Option<u32> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    if value <= i32::MAX as u64 {
+        Some(INT4_OID)
+    } else if value <= i64::MAX as u64 {
+        Some(INT8_OID)
+    } else {
+        None
+    }
+}
+
+fn is_comparison(op: &[u8]) -> bool {
+    matches!(op, b"=" | b"<>" | b"!=" | b"<" | b">" | b"<=" | b">=")
+}
+
+/// Whether a token ends a column reference or a parenthesised expression, so that
+/// `<it> <comparison> <literal>` compares a value with the literal.
+fn ends_operand(kind: TokenKind, text: &[u8]) -> bool {
+    match kind {
+        TokenKind::Word => !is_keyword_before_value(text),
+        TokenKind::QuotedIdent => true,
+        TokenKind::Punct => text == b")",
+        _ => false,
+    }
+}
+
+/// Words that can precede a comparison operator without being an operand.
+fn is_keyword_before_value(w: &[u8]) -> bool {
+    [
+        &b"where"[..],
+        b"and",
+        b"or",
+        b"not",
+        b"on",
+        b"having",
+        b"when",
+        b"then",
+        b"else",
+        b"select",
+        b"set",
+    ]
+    .iter()
+    .any(|k| w.eq_ignore_ascii_case(k))
+}
+
+/// The parameterised form of `sql`, or None when it has a literal that cannot be lifted
+/// safely (strings, decimals, long integers outside a comparison or LIMIT/OFFSET), already
+/// has `$n` references, or has nothing to lift.
+pub fn parameterize(sql: &str) -> Option<Parameterized> {
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut types = Vec::new();
+    let mut values = Vec::new();
+    let mut copied = 0;
+    // The two previous tokens: (kind, start, end).
+    let mut prev: Option<(TokenKind, usize, usize)> = None;
+    let mut prev2: Option<(TokenKind, usize, usize)> = None;
+    for tok in Lexer::new(sql) {
+        let text = &bytes[tok.start..tok.end];
+        match tok.kind {
+            TokenKind::Param => return None,
+            TokenKind::Literal => {
+                let ty = integer_type(text);
+                let after_comparison = matches!(prev, Some((TokenKind::Operator, s, e)) if is_comparison(&bytes[s..e]))
+                    && matches!(prev2, Some((k, s, e)) if ends_operand(k, &bytes[s..e]));
+                let after_limit = matches!(prev, Some((TokenKind::Word, s, e))
+                    if bytes[s..e].eq_ignore_ascii_case(b"limit") || bytes[s..e].eq_ignore_ascii_case(b"offset"));
+                // A literal glued to a following word or `.`/`::` is not a plain value.
+                let glued = matches!(bytes.get(tok.end), Some(c) if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.' || *c == b':' || *c == b'$');
+                let n = types.len() + 1;
+                let placeholder_len = if n < 10 { 2 } else { 3 };
+                match ty {
+                    Some(ty)
+                        if (after_comparison || after_limit)
+                            && !glued
+                            && text.len() >= placeholder_len =>
+                    {
+                        if types.len() == MAX_PARAMS {
+                            return None;
+                        }
+                        out.push_str(&sql[copied..tok.start]);
+                        let _ = write!(out, "${n}");
+                        out.extend(std::iter::repeat_n(' ', text.len() - placeholder_len));
+                        copied = tok.end;
+                        types.push(ty);
+                        values.push(tok.start..tok.end);
+                    }
+                    Some(_) if text.len() <= MAX_INLINE_LITERAL => {}
+                    _ => return None,
+                }
+            }
+            _ => {}
+        }
+        prev2 = prev;
+        prev = Some((tok.kind, tok.start, tok.end));
+    }
+    if types.is_empty() {
+        return None;
+    }
+    out.push_str(&sql[copied..]);
+    Some(Parameterized {
+        sql: out,
+        types,
+        values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lifted(sql: &str) -> Option<(String, Vec<u32>, Vec<&str>)> {
+        parameterize(sql).map(|p| {
+            let vals = p.values.iter().map(|r| &sql[r.clone()]).collect();
+            (p.sql, p.types, vals)
+        })
+    }
+
+    #[test]
+    fn lifts_a_key_lookup_keeping_every_offset() {
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 57203;";
+        let (text, types, vals) = lifted(sql).unwrap();
+        assert_eq!(
+            text,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1   ;"
+        );
+        assert_eq!(text.len(), sql.len());
+        assert_eq!(types, vec![INT4_OID]);
+        assert_eq!(vals, vec!["57203"]);
+    }
+
+    #[test]
+    fn types_integers_as_postgresql_does() {
+        let (_, types, vals) =
+            lifted("select * from t where a = -42 and b >= 3000000000 and c < -2147483648")
+                .unwrap();
+        assert_eq!(types, vec![INT4_OID, INT8_OID, INT8_OID]);
+        assert_eq!(vals, vec!["-42", "3000000000", "-2147483648"]);
+        // PostgreSQL splits `=-` into `=` and a sign, as the lexer does.
+        let (text, _, vals) = lifted("select * from t where id =-1234").unwrap();
+        assert_eq!(
+            (text.as_str(), vals),
+            ("select * from t where id =$1   ", vec!["-1234"])
+        );
+        // Beyond int8 PostgreSQL makes it numeric: left alone, and too long to inline.
+        assert!(lifted("select * from t where a = 99999999999999999999").is_none());
+    }
+
+    #[test]
+    fn lifts_limit_offset_and_parenthesised_operands() {
+        let (text, types, _) =
+            lifted("SELECT * FROM t WHERE (a + b) > 100 ORDER BY 2 LIMIT 20 OFFSET 400").unwrap();
+        assert_eq!(
+            text,
+            "SELECT * FROM t WHERE (a + b) > $1  ORDER BY 2 LIMIT $2 OFFSET $3 "
+        );
+        assert_eq!(types.len(), 3);
+    }
+
+    #[test]
+    fn short_literals_stay_in_the_text() {
+        // `$1` is longer than `7`: it stays, so offsets hold and variants are few.
+        let (text, _, vals) = lifted("select * from t where k = 7 and id = 123").unwrap();
+        assert_eq!(text, "select * from t where k = 7 and id = $1 ");
+        assert_eq!(vals, vec!["123"]);
+        assert!(lifted("select * from t where k = 7").is_none());
+    }
+
+    #[test]
+    fn refuses_what_is_not_plainly_an_integer_value() {
+        for sql in [
+            "select * from t where name = 'bob'",
+            "select * from t where x = 1.5 and id = 123",
+            "select * from t where id = $1",
+            "select * from t where id in (123, 456)",
+            "select 12345 from t where id = 123",
+            "select * from t where id = 123::bigint and k = 5000",
+            "select * from t where id = 12e3",
+            "select * from t where id = 1000 order by 1000",
+            "select * from t where 1234 = id",
+            "select '2020-01-01'::date",
+        ] {
+            assert!(lifted(sql).is_none(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn keywords_are_not_operands() {
+        assert!(lifted("select * from t where not = 1234").is_none());
+        let (text, _, _) = lifted(r#"select * from t where "Id" = 1234"#).unwrap();
+        assert_eq!(text, r#"select * from t where "Id" = $1  "#);
+    }
+}
