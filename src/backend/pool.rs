@@ -4,6 +4,7 @@ use super::conn::{connect, BackendError, ConnectSpec, ServerConn};
 use super::positions::PositionSampler;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,8 +70,15 @@ pub struct PoolEntry {
 
 pub struct Pools {
     settings: PoolSettings,
-    // Held only to look up or insert, never across an await.
-    map: Mutex<HashMap<PoolKey, PoolEntry>>,
+    // Held only to look up or insert, never across an await. Keyed by a hash of the
+    // three names so a lookup (one per request) allocates nothing.
+    map: Mutex<HashMap<u64, Vec<(PoolKey, PoolEntry)>>>,
+}
+
+fn slot(database: &str, user: &str, node: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (database, user, node).hash(&mut h);
+    h.finish()
 }
 
 impl Pools {
@@ -81,9 +89,18 @@ impl Pools {
         }
     }
 
-    pub fn get(&self, key: &PoolKey, spec: impl FnOnce() -> ConnectSpec) -> PoolEntry {
+    /// The pool of (database, user, node), made with `spec` on first use.
+    pub fn get(
+        &self,
+        database: &str,
+        user: &str,
+        node: &str,
+        spec: impl FnOnce() -> ConnectSpec,
+    ) -> PoolEntry {
+        let slot = slot(database, user, node);
         let mut map = self.map.lock().expect("pools lock");
-        if let Some(e) = map.get(key) {
+        let same = |k: &PoolKey| k.database == database && k.user == user && k.node == node;
+        if let Some((_, e)) = map.get(&slot).and_then(|v| v.iter().find(|(k, _)| same(k))) {
             return e.clone();
         }
         let startup_params = Arc::new(Mutex::new(None));
@@ -106,13 +123,18 @@ impl Pools {
             startup_params,
             positions: Arc::default(),
         };
-        map.insert(key.clone(), entry.clone());
+        let key = PoolKey {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            node: node.to_owned(),
+        };
+        map.entry(slot).or_default().push((key, entry.clone()));
         entry
     }
 
     pub fn all(&self) -> Vec<(PoolKey, PoolEntry)> {
         let map = self.map.lock().expect("pools lock");
-        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        map.values().flatten().cloned().collect()
     }
 }
 

@@ -23,25 +23,48 @@ fn key(db: &str, table: &str) -> String {
     format!("{db}\u{1f}{}", table.to_ascii_lowercase())
 }
 
+/// Calls `f` with the key of (db, table), built on the stack when it fits: reads look
+/// their tables up on every routed request.
+fn with_key<R>(db: &str, table: &str, f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; 128];
+    let len = db.len() + 1 + table.len();
+    if len > buf.len() {
+        return f(&key(db, table));
+    }
+    buf[..db.len()].copy_from_slice(db.as_bytes());
+    buf[db.len()] = 0x1f;
+    for (d, s) in buf[db.len() + 1..len].iter_mut().zip(table.bytes()) {
+        *d = s.to_ascii_lowercase();
+    }
+    // Lower-casing ASCII bytes keeps UTF-8 valid.
+    f(std::str::from_utf8(&buf[..len]).expect("ASCII lower-casing keeps UTF-8"))
+}
+
 impl TableClock {
     /// The last known commit position of a table (0 when never written).
     pub fn get(&self, db: &str, table: &str) -> u64 {
         let map = self.map.read().expect("table clock lock");
-        map.get(&key(db, table)).copied().unwrap_or(0)
+        with_key(db, table, |k| map.get(k).copied().unwrap_or(0))
     }
 
     /// The maximum over several tables; UNREACHABLE while one has a commit pending.
     pub fn max_of<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>) -> u64 {
         let map = self.map.read().expect("table clock lock");
         let pending = self.pending.read().expect("table clock lock");
-        let now = Instant::now();
+        // Most of the time no commit is pending: no clock read then.
+        let now = (!pending.is_empty()).then(Instant::now);
         let mut max = 0;
         for t in tables {
-            let k = key(db, t);
-            if pending.get(&k).is_some_and(|d| *d > now) {
+            let (pending, pos) = with_key(db, t, |k| {
+                (
+                    now.is_some_and(|now| pending.get(k).is_some_and(|d| *d > now)),
+                    map.get(k).copied().unwrap_or(0),
+                )
+            });
+            if pending {
                 return UNREACHABLE;
             }
-            max = max.max(map.get(&k).copied().unwrap_or(0));
+            max = max.max(pos);
         }
         max
     }

@@ -295,9 +295,11 @@ impl Session {
         if sql.is_some_and(|q| contains_ci(q.as_bytes(), b"synchronous_commit")) {
             p.txn.may_be_unflushed = true;
         }
-        let query = sql
-            .filter(|_| frame.tag == b'Q')
-            .map(|sql| self.shared.parse_cache.analyze(sql));
+        let query = sql.filter(|_| frame.tag == b'Q').map(|sql| {
+            self.routed
+                .take()
+                .unwrap_or_else(|| self.shared.parse_cache.analyze(sql))
+        });
         // Only with the server idle: a fallback to the client's Query (see Pipeline)
         // must be free to run it again.
         let lifted = match (&query, sql) {

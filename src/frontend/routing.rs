@@ -4,7 +4,6 @@
 
 use super::counters::ReadDecision;
 use super::session::{CheckoutError, Server, Session};
-use crate::backend::pool::PoolKey;
 use crate::backend::{BackendError, ConnectSpec};
 use crate::config::PoolMode;
 use crate::config::{ConsistencyMode, LagSource};
@@ -78,6 +77,10 @@ impl Session {
             rest = rest.get(len + 1..).unwrap_or(&[]);
         }
         self.request_executes = executes || req.first() == Some(&b'Q');
+        self.routed = match analyses.as_slice() {
+            [(a, _)] if req.first() == Some(&b'Q') => Some(a.clone()),
+            _ => None,
+        };
         let mut parts: Vec<RequestPart<'_>> = analyses
             .iter()
             .map(|(a, h)| RequestPart::Sql(a, *h))
@@ -419,24 +422,24 @@ impl Session {
     }
 
     async fn checkout_node(&mut self, node: &Arc<Node>) -> Result<Server, CheckoutError> {
-        let key = PoolKey {
-            database: self.database.clone(),
-            user: self.user.name.clone(),
-            node: node.name.clone(),
-        };
         let cfg = &self.shared.config;
-        let entry = self.shared.pools.get(&key, || ConnectSpec {
-            node: node.name.clone(),
-            host: node.host.clone(),
-            port: node.port,
-            user: self.user.server_user.clone(),
-            password: self.user.server_password.clone(),
-            database: self.database.clone(),
-            tls: cfg.server_tls,
-            connect_timeout: Duration::from_millis(cfg.pool.connect_timeout_ms),
-            prepared_capacity: cfg.pool.prepared_statements_per_server,
-            application_name: "pgwarden",
-        });
+        let entry = self
+            .shared
+            .pools
+            .get(&self.database, &self.user.name, &node.name, || {
+                ConnectSpec {
+                    node: node.name.clone(),
+                    host: node.host.clone(),
+                    port: node.port,
+                    user: self.user.server_user.clone(),
+                    password: self.user.server_password.clone(),
+                    database: self.database.clone(),
+                    tls: cfg.server_tls,
+                    connect_timeout: Duration::from_millis(cfg.pool.connect_timeout_ms),
+                    prepared_capacity: cfg.pool.prepared_statements_per_server,
+                    application_name: "pgwarden",
+                }
+            });
         self.checkout_from(&entry.pool).await
     }
 }

@@ -7,7 +7,7 @@ use super::commit::SessionClock;
 use super::statements::ClientStatements;
 use crate::backend::conn::quote_literal;
 use crate::backend::pool::ServerPool;
-use crate::backend::pool::{touch, Manager, PoolEntry, PoolKey};
+use crate::backend::pool::{touch, Manager, PoolEntry};
 use crate::backend::{BackendError, ConnectSpec};
 use crate::config::{ConsistencyMode, PoolMode, ResolvedUser};
 use crate::protocol::{messages, sqlstate, FrameError, FramedStream, Stream};
@@ -61,6 +61,9 @@ pub(super) struct Session {
     /// Bytes queued for the client, written in batches.
     pub out: BytesMut,
     pub statements: ClientStatements,
+    /// The analysis route() made of a request that is one Query, taken by the relay
+    /// when it forwards that Query so the SQL is not analysed twice.
+    pub routed: Option<Arc<crate::router::analysis::Analysis>>,
 }
 
 pub async fn run(
@@ -130,23 +133,20 @@ async fn open(
     let user = &entry.user;
 
     let primary = shared.config.primary().clone();
-    let key = PoolKey {
-        database: database.clone(),
-        user: user.name.clone(),
-        node: primary.name.clone(),
-    };
-    let pool = shared.pools.get(&key, || ConnectSpec {
-        node: primary.name.clone(),
-        host: primary.host.clone(),
-        port: primary.port,
-        user: user.server_user.clone(),
-        password: user.server_password.clone(),
-        database: database.clone(),
-        tls: shared.config.server_tls,
-        connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
-        prepared_capacity: shared.config.pool.prepared_statements_per_server,
-        application_name: "pgwarden",
-    });
+    let pool = shared
+        .pools
+        .get(&database, &user.name, &primary.name, || ConnectSpec {
+            node: primary.name.clone(),
+            host: primary.host.clone(),
+            port: primary.port,
+            user: user.server_user.clone(),
+            password: user.server_password.clone(),
+            database: database.clone(),
+            tls: shared.config.server_tls,
+            connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
+            prepared_capacity: shared.config.pool.prepared_statements_per_server,
+            application_name: "pgwarden",
+        });
     let options = params.get("options").cloned().unwrap_or_default();
     let mut startup_params: Vec<(String, String)> = params
         .into_iter()
@@ -193,6 +193,7 @@ async fn open(
         cancel,
         out: BytesMut::new(),
         statements: ClientStatements::default(),
+        routed: None,
     };
     Ok((session, pid, secret))
 }
