@@ -1,10 +1,11 @@
-//! `pool.auto_prepare`: simple-protocol SELECTs with liftable integer literals run as
+//! `pool.auto_prepare`: simple-protocol statements with liftable integer literals run as
 //! server-side prepared statements, and the client cannot tell. Replies are compared
 //! byte for byte with the same queries sent to PostgreSQL directly.
 
 mod common;
 
 use common::{Env, Msg, Setup, Wire};
+use std::time::Duration;
 
 async fn start(auto_prepare: bool) -> Env {
     let tweak: fn(&mut pgwarden::config::Config) = if auto_prepare {
@@ -65,6 +66,11 @@ const QUERIES: &[&str] = &[
     "select nosuch from items where id = 12345",
     "select * from items where v = 12345",
     "select 1/(id - 12345) from items where id = 12345",
+    // Writes: no RowDescription unless RETURNING, the same command tags.
+    "update items set k = k + 1000 where id = 12345",
+    "update items set k = k - 1000 where id = 12345 returning id",
+    "delete from items where id = 99999",
+    "update items set v = 1234 where id = 12345",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,4 +162,48 @@ async fn switched_off_queries_go_as_sent() {
     let r = w.simple("select * from items where id = 12345").await;
     assert_eq!(common::describe_all(&r), "T D C(SELECT 1) Z(I)");
     assert_eq!(server_statements(&env).await, Vec::<String>::new());
+}
+
+/// A write run as a prepared statement still moves the session's position: with the
+/// replica's replay paused, every read of the row just written must see the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_write_is_read_back_with_a_paused_replica() {
+    let env = common::start(Setup {
+        replicas: 1,
+        tweak: |c| c.pool.size = 1,
+        ..Default::default()
+    })
+    .await;
+    env.direct()
+        .await
+        .batch_execute(
+            "create table counters (id int primary key, n int);
+             insert into counters select g, 0 from generate_series(1, 20000) g;
+             grant all on counters to app;",
+        )
+        .await
+        .unwrap();
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| {
+        cluster.wait_replicas_caught_up(Duration::from_secs(30))?;
+        cluster.replicas[0].psql("postgres", "app", "select pg_wal_replay_pause()")
+    })
+    .unwrap();
+    let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    for i in 1..=20 {
+        let r = w.simple("update counters set n = n + 1000 where id = 12345").await;
+        assert_eq!(common::describe_all(&r), "C(UPDATE 1) Z(I)");
+        let r = w.simple("select n from counters where id = 12345").await;
+        let row = r.iter().find_map(Msg::data_row).unwrap();
+        assert_eq!(row[0].as_deref(), Some(format!("{}", i * 1000).as_bytes()), "read {i}");
+    }
+    let r = w
+        .simple("/* pgwarden:primary */ select statement from pg_prepared_statements")
+        .await;
+    let stmts: Vec<_> = r.iter().filter_map(Msg::data_row).collect();
+    assert!(
+        stmts.iter().any(|row| row[0].as_deref()
+            == Some(&b"update counters set n = n + $1   where id = $2   "[..])),
+        "the UPDATE ran as a prepared statement: {stmts:?}"
+    );
 }

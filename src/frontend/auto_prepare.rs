@@ -1,6 +1,7 @@
-//! Runs a simple-protocol SELECT whose literals can be lifted as a prepared statement on
-//! the server (`pool.auto_prepare`): PostgreSQL then parses and plans it once per
-//! connection instead of on every call. The client still sees simple-protocol replies.
+//! Runs a simple-protocol statement whose literals can be lifted (SELECT, INSERT, UPDATE,
+//! DELETE) as a prepared statement on the server (`pool.auto_prepare`): PostgreSQL then
+//! parses and plans it once per connection instead of on every call. The client still
+//! sees simple-protocol replies.
 
 use super::pipeline::{Expect, Pipeline};
 use crate::backend::prepared::PreparedSet;
@@ -11,10 +12,12 @@ use bytes::{BufMut, BytesMut};
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
-/// Whether the analysis allows running the Query as a prepared statement: one plain
-/// SELECT that neither writes nor locks.
+/// Whether the analysis allows running the Query as a prepared statement: one SELECT,
+/// INSERT, UPDATE or DELETE that changes no session state.
 pub(super) fn eligible(a: &Analysis) -> bool {
-    matches!(a.statements.as_slice(), [s] if s.kind == StatementKind::Select && !s.is_write())
+    use StatementKind::*;
+    matches!(a.statements.as_slice(),
+        [s] if matches!(s.kind, Select | Insert | Update | Delete) && s.pins.is_none() && s.set.is_none())
 }
 
 /// A server statement name, `pgw_q` and 16 hex digits, without allocating.

@@ -152,6 +152,9 @@ impl Pipeline {
                 *bound = true;
                 false
             }
+            // Describe of a statement without rows (UPDATE without RETURNING): the
+            // simple protocol sends nothing in its place.
+            b'n' => false,
             b'E' => {
                 if *parse_pending {
                     // The statement was never created.

@@ -199,26 +199,30 @@ impl Session {
                     if (retry.going_away || retry.lost) && untouched(self) && frame.tag == b'E' && node_going_away(frame.body()) {
                         return Ok(self.retry(server));
                     }
+                    // First the pipeline: a reply it hides (the proxy's own Parse or
+                    // Bind, a failed auto-prepared statement that will run again as
+                    // sent) says nothing about the client's transaction.
+                    let forward = p.pipeline.on_server(frame.tag, frame.body(), &mut server.prepared, &mut self.out);
                     p.received(frame.tag, frame.body());
-                    match frame.tag {
-                        b'S' => server.note_parameter(frame.body()),
-                        b'E' => p.txn.failed = true,
-                        b'C' if frame.body().starts_with(b"ROLLBACK") => p.txn.rolled_back = true,
-                        b'Z' if p.status() == b'I' => {
-                            let txn = std::mem::take(&mut p.txn);
-                            let committed = !txn.failed && !txn.rolled_back;
-                            self.settle_sets(server, committed);
-                            if committed && txn.wrote && self.shared.captures_commits {
-                                self.commit_acknowledged(
-                                    txn.tables,
-                                    txn.may_be_unflushed,
-                                    &mut p.commit,
-                                );
+                    if forward {
+                        match frame.tag {
+                            b'S' => server.note_parameter(frame.body()),
+                            b'E' => p.txn.failed = true,
+                            b'C' if frame.body().starts_with(b"ROLLBACK") => p.txn.rolled_back = true,
+                            b'Z' if p.status() == b'I' => {
+                                let txn = std::mem::take(&mut p.txn);
+                                let committed = !txn.failed && !txn.rolled_back;
+                                self.settle_sets(server, committed);
+                                if committed && txn.wrote && self.shared.captures_commits {
+                                    self.commit_acknowledged(
+                                        txn.tables,
+                                        txn.may_be_unflushed,
+                                        &mut p.commit,
+                                    );
+                                }
                             }
+                            _ => {}
                         }
-                        _ => {}
-                    }
-                    if p.pipeline.on_server(frame.tag, frame.body(), &mut server.prepared, &mut self.out) {
                         self.out.unsplit(frame.data);
                     }
                     if let Some(resend) = p.pipeline.take_resend() {

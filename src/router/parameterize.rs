@@ -1,4 +1,4 @@
-//! Turns a simple-protocol SELECT into a statement with parameters, so the proxy can run
+//! Turns a simple-protocol statement into one with parameters, so the proxy can run
 //! it as a server-side prepared statement (parsed and planned once per connection).
 //! Only integer literals in places where they are plainly values are lifted, each typed
 //! exactly as PostgreSQL types the literal, and the text keeps every other byte at its
@@ -47,12 +47,17 @@ fn integer_type(text: &[u8]) -> Option<u32> {
     }
 }
 
-fn is_comparison(op: &[u8]) -> bool {
-    matches!(op, b"=" | b"<>" | b"!=" | b"<" | b">" | b"<=" | b">=")
+/// Operators whose right operand is plainly a value: comparisons (and `col = 5` in
+/// UPDATE's SET) and arithmetic.
+fn takes_value(op: &[u8]) -> bool {
+    matches!(
+        op,
+        b"=" | b"<>" | b"!=" | b"<" | b">" | b"<=" | b">=" | b"+" | b"-" | b"*" | b"/"
+    )
 }
 
 /// Whether a token ends a column reference or a parenthesised expression, so that
-/// `<it> <comparison> <literal>` compares a value with the literal.
+/// `<it> <operator> <literal>` applies the operator to a value and the literal.
 fn ends_operand(kind: TokenKind, text: &[u8]) -> bool {
     match kind {
         TokenKind::Word => !is_keyword_before_value(text),
@@ -99,7 +104,7 @@ pub fn parameterize(sql: &str) -> Option<Parameterized> {
             TokenKind::Param => return None,
             TokenKind::Literal => {
                 let ty = integer_type(text);
-                let after_comparison = matches!(prev, Some((TokenKind::Operator, s, e)) if is_comparison(&bytes[s..e]))
+                let after_operator = matches!(prev, Some((TokenKind::Operator, s, e)) if takes_value(&bytes[s..e]))
                     && matches!(prev2, Some((k, s, e)) if ends_operand(k, &bytes[s..e]));
                 let after_limit = matches!(prev, Some((TokenKind::Word, s, e))
                     if bytes[s..e].eq_ignore_ascii_case(b"limit") || bytes[s..e].eq_ignore_ascii_case(b"offset"));
@@ -109,7 +114,7 @@ pub fn parameterize(sql: &str) -> Option<Parameterized> {
                 let placeholder_len = if n < 10 { 2 } else { 3 };
                 match ty {
                     Some(ty)
-                        if (after_comparison || after_limit)
+                        if (after_operator || after_limit)
                             && !glued
                             && text.len() >= placeholder_len =>
                     {
@@ -216,10 +221,31 @@ mod tests {
             "select * from t where id = 12e3",
             "select * from t where id = 1000 order by 1000",
             "select * from t where 1234 = id",
+            "select * from t where id = 1000 % 7000",
+            "insert into t values (1234, 5678)",
             "select '2020-01-01'::date",
         ] {
             assert!(lifted(sql).is_none(), "{sql}");
         }
+    }
+
+    #[test]
+    fn lifts_arithmetic_operands_and_assignments() {
+        let sql = "UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 98765;";
+        let (text, types, vals) = lifted(sql).unwrap();
+        assert_eq!(
+            text,
+            "UPDATE pgbench_accounts SET abalance = abalance + $1    WHERE aid = $2   ;"
+        );
+        assert_eq!(
+            (types, vals),
+            (vec![INT4_OID, INT4_OID], vec!["-1234", "98765"])
+        );
+        let (text, _, _) = lifted("update t set n = 5000, m = m * 300 where id - 100 > 0").unwrap();
+        assert_eq!(
+            text,
+            "update t set n = $1  , m = m * $2  where id - $3  > 0"
+        );
     }
 
     #[test]
