@@ -48,8 +48,11 @@ PATHS = [
 EXTRA_PATHS = [
     # What commit-position capture costs a write: the same proxy without it.
     Path("pgwarden-nocapture", "pgwarden", {"consistency": {"capture_commits": False}}),
+    # What running simple Queries as server-side prepared statements brings.
+    Path("pgwarden-noprepare", "pgwarden", {"pool": {"auto_prepare": False}}),
 ]
-RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("pgwarden", "pgwarden-nocapture")]
+RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("pgwarden", "pgwarden-nocapture"),
+          ("pgwarden", "pgwarden-noprepare")]
 
 
 @dataclass(frozen=True)
