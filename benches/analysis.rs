@@ -1,11 +1,13 @@
 //! Cost of classifying a typical OLTP query on the router's hot path: fingerprint alone, a
-//! parse-cache hit (the usual case), and a full sqlparser analysis (a cache miss).
+//! parse-cache hit (the usual case), a full sqlparser analysis (a cache miss), and lifting
+//! its literals into parameters (pool.auto_prepare).
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgwarden::router::analysis::analyze;
 use pgwarden::router::fingerprint::fingerprint;
+use pgwarden::router::parameterize::parameterize;
 use pgwarden::router::parse_cache::ParseCache;
 
 /// pgbench's read and write statements, with the literal varied by `n`.
@@ -42,6 +44,8 @@ fn bench_query(c: &mut Criterion, name: &str, make: fn(u32) -> String) {
     group.bench_function("analyze_miss", |b| {
         b.iter(|| analyze(black_box(&fixed), black_box(&[])))
     });
+
+    group.bench_function("parameterize", |b| b.iter(|| parameterize(black_box(&fixed))));
     group.finish();
 }
 
