@@ -45,7 +45,9 @@ fn bench_query(c: &mut Criterion, name: &str, make: fn(u32) -> String) {
         b.iter(|| analyze(black_box(&fixed), black_box(&[])))
     });
 
-    group.bench_function("parameterize", |b| b.iter(|| parameterize(black_box(&fixed))));
+    group.bench_function("parameterize", |b| {
+        b.iter(|| parameterize(black_box(&fixed)))
+    });
     group.finish();
 }
 

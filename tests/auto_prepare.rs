@@ -191,11 +191,17 @@ async fn a_prepared_write_is_read_back_with_a_paused_replica() {
     .unwrap();
     let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
     for i in 1..=20 {
-        let r = w.simple("update counters set n = n + 1000 where id = 12345").await;
+        let r = w
+            .simple("update counters set n = n + 1000 where id = 12345")
+            .await;
         assert_eq!(common::describe_all(&r), "C(UPDATE 1) Z(I)");
         let r = w.simple("select n from counters where id = 12345").await;
         let row = r.iter().find_map(Msg::data_row).unwrap();
-        assert_eq!(row[0].as_deref(), Some(format!("{}", i * 1000).as_bytes()), "read {i}");
+        assert_eq!(
+            row[0].as_deref(),
+            Some(format!("{}", i * 1000).as_bytes()),
+            "read {i}"
+        );
     }
     let r = w
         .simple("/* pgwarden:primary */ select statement from pg_prepared_statements")
