@@ -43,6 +43,8 @@ pub struct Shared {
     /// Commit positions are read: configured so, and some read could use one (this
     /// proxy splits reads, or shares its clock with a fleet that may).
     pub captures_commits: bool,
+    /// Shared read lanes (pool.multiplex_reads).
+    pub lanes: Arc<crate::frontend::lanes::Lanes>,
 }
 
 pub struct Proxy {
@@ -128,6 +130,7 @@ impl Proxy {
             tls,
             counters: Counters::register(),
             captures_commits,
+            lanes: Arc::default(),
         });
         crate::topology::health::spawn(topology, &shared.config, monitor_creds, rx.clone());
         tokio::spawn(crate::frontend::listener::serve(

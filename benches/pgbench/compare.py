@@ -50,9 +50,12 @@ EXTRA_PATHS = [
     Path("pgwarden-nocapture", "pgwarden", {"consistency": {"capture_commits": False}}),
     # What running simple Queries as server-side prepared statements brings.
     Path("pgwarden-noprepare", "pgwarden", {"pool": {"auto_prepare": False}}),
+    # Shared read lanes (opt-in).
+    Path("pgwarden-multiplex", "pgwarden", {"pool": {"multiplex_reads": True}}),
 ]
 RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("pgwarden", "pgwarden-nocapture"),
-          ("pgwarden", "pgwarden-noprepare")]
+          ("pgwarden", "pgwarden-noprepare"), ("pgwarden-multiplex", "direct"),
+          ("pgwarden-multiplex", "pgbouncer")]
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ pub struct PoolConfig {
     /// Run simple-protocol SELECTs whose integer literals can be lifted as prepared
     /// statements on the server (parsed and planned once per connection).
     pub auto_prepare: bool,
+    /// Serve autocommit reads that need no particular replay position on shared lanes:
+    /// several clients' reads written at once on one server connection.
+    pub multiplex_reads: bool,
 }
 
 impl Default for PoolConfig {
@@ -99,6 +102,7 @@ impl Default for PoolConfig {
             connect_timeout_ms: 5_000,
             prepared_statements_per_server: 200,
             auto_prepare: true,
+            multiplex_reads: false,
         }
     }
 }

@@ -69,6 +69,11 @@ pub(super) fn close(id: u64, out: &mut BytesMut) {
     });
 }
 
+/// Asks the server to send what it has queued.
+pub(super) fn flush(out: &mut BytesMut) {
+    put_message(out, b'H', |_| {});
+}
+
 /// Errors after which the client's Query is run as sent instead: those that are about
 /// the statement. Not a cancel, a shutdown or a broken connection (57, 08), nor a lack
 /// of resources or a system error (53, 58, XX): those the client must see.

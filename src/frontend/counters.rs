@@ -26,6 +26,8 @@ pub enum ReadDecision {
     Replica,
     Waited,
     PrimaryFallback,
+    /// Served on a shared read lane (pool.multiplex_reads).
+    Multiplexed,
 }
 
 pub struct Counters {
@@ -33,7 +35,7 @@ pub struct Counters {
     queries: [[Counter; REASONS.len()]; 2],
     /// pgwarden_queries_total{reason="attached"} by route.
     attached: [Counter; 2],
-    reads: [Counter; 3],
+    reads: [Counter; 4],
 }
 
 fn route_label(route: Route) -> &'static str {
@@ -55,7 +57,7 @@ impl Counters {
         let attached = [Route::Primary, Route::Replica].map(|route| {
             metrics::counter!("pgwarden_queries_total", "route" => route_label(route), "reason" => "attached")
         });
-        let reads = ["replica", "waited", "primary_fallback"]
+        let reads = ["replica", "waited", "primary_fallback", "multiplexed"]
             .map(|d| metrics::counter!("pgwarden_reads_total", "decision" => d));
         Counters {
             queries,

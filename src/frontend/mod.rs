@@ -6,6 +6,7 @@ mod auto_prepare;
 pub mod cancel;
 mod commit;
 pub mod counters;
+pub mod lanes;
 pub mod listener;
 mod options;
 pub mod pipeline;

@@ -53,6 +53,10 @@ pub struct Pipeline {
     copy_in: bool,
     /// Messages the server must be sent next (an AutoQuery falling back to its Query).
     resend: Option<BytesMut>,
+    /// On a shared read lane: a failed AutoQuery goes back to its session instead of
+    /// being run again here (the lane has later requests in flight).
+    lane: bool,
+    fell_back: bool,
 }
 
 fn put_empty(out: &mut BytesMut, tag: u8) {
@@ -114,6 +118,18 @@ impl Pipeline {
             }
         }
         self.copy_in = true;
+    }
+
+    pub fn for_lane() -> Self {
+        Pipeline {
+            lane: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the AutoQuery just ended must be served another way (lanes only).
+    pub fn take_fell_back(&mut self) -> bool {
+        std::mem::take(&mut self.fell_back)
     }
 
     /// What must be sent to the server before anything else, if anything.
@@ -185,6 +201,17 @@ impl Pipeline {
                     prepared.remove(&auto_prepare::name(id));
                     auto_prepare::close(id, &mut resend);
                 }
+                if self.lane {
+                    if created {
+                        // Nothing follows on a lane: Flush, or the server keeps its
+                        // CloseComplete until the next Sync.
+                        auto_prepare::flush(&mut resend);
+                        self.q.push_back(Expect::Close { hide: true });
+                        self.resend = Some(resend);
+                    }
+                    self.fell_back = true;
+                    return false;
+                }
                 if self.q.is_empty() {
                     if created {
                         self.q.push_back(Expect::Close { hide: true });
@@ -200,6 +227,7 @@ impl Pipeline {
                 out.put_u32(4 + error.len() as u32);
                 out.extend_from_slice(&error);
                 if created {
+                    auto_prepare::flush(&mut resend);
                     self.q.push_back(Expect::Close { hide: true });
                     self.resend = Some(resend);
                 }

@@ -135,7 +135,7 @@ impl Session {
 
     /// How this request picks among replicas: the client's fixed turn with sticky reads,
     /// else a fresh draw; `advance` moves the shared rotation on.
-    fn draw(&self, advance: bool) -> Draw {
+    pub(super) fn draw(&self, advance: bool) -> Draw {
         match self.read_turn {
             Some(turn) => Draw::Client {
                 turn,
@@ -421,7 +421,10 @@ impl Session {
         None
     }
 
-    async fn checkout_node(&mut self, node: &Arc<Node>) -> Result<Server, CheckoutError> {
+    pub(super) async fn checkout_node(
+        &mut self,
+        node: &Arc<Node>,
+    ) -> Result<Server, CheckoutError> {
         let cfg = &self.shared.config;
         let entry = self
             .shared

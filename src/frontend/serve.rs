@@ -86,6 +86,11 @@ impl Session {
             going_away: complete,
             lost: complete && plan.route == Route::Replica,
         };
+        if let Some(reply) = self.lane_read(&plan, &needed, &req, tag).await {
+            self.out.unsplit(reply);
+            self.flush_out().await?;
+            return Ok(Some(false));
+        }
         let mut excluded: Vec<String> = Vec::new();
         let mut req = req;
         let mut attempts = 0;

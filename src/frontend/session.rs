@@ -368,7 +368,7 @@ impl CheckoutError {
 }
 
 /// Returns a server to its pool, or discards it when its state is unknown.
-fn give_back(mut server: Server) {
+pub(super) fn give_back(mut server: Server) {
     if server.broken {
         let _ = Object::take(server);
         return;
