@@ -1,7 +1,8 @@
 //! Shared read lanes (`pool.multiplex_reads`): autocommit reads that need no particular
 //! replay position are queued per (replica, session settings) and written, several
-//! clients' at a time, on the lane's one server connection; the replies go back to each
-//! client in order. PostgreSQL then wakes once per batch instead of once per query.
+//! clients' at a time and without waiting for earlier replies, on the lane's one server
+//! connection; the replies go back to each client in order. PostgreSQL then reads many
+//! queries per wakeup and never waits on the proxy between them.
 
 use super::auto_prepare;
 use super::counters::ReadDecision;
@@ -14,13 +15,14 @@ use crate::router::parameterize::{parameterize, Parameterized};
 use crate::router::plan::{Plan, Route};
 use crate::topology::{balancer, Node, ReadNeed};
 use bytes::BytesMut;
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Requests written to a lane's server in one go, at most.
+/// Requests in flight on a lane's server, at most.
 const MAX_BATCH: usize = 32;
 /// Requests waiting for a lane, at most; beyond, readers take the usual path.
 const QUEUE: usize = 256;
@@ -157,95 +159,81 @@ async fn run(
     mut server: Server,
     mut rx: mpsc::Receiver<LaneRequest>,
 ) {
-    let mut batch: Vec<LaneRequest> = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let first = match tokio::time::timeout(IDLE, rx.recv()).await {
-            Ok(Some(r)) => r,
-            _ => break,
-        };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        node.runtime.begin_query();
-        let ok = serve_batch(&lanes, &mut server, &mut batch).await;
+    let mut waiting = VecDeque::new();
+    let ok = serve(&lanes, &node, &mut server, &mut rx, &mut waiting).await;
+    for _ in &waiting {
         node.runtime.end_query();
-        if !ok {
-            server.broken = true;
-            break;
-        }
+    }
+    if !ok {
+        server.broken = true;
     }
     lanes.close(&node.name, settings);
-    // Requests still queued get no reply: their sessions serve them the usual way.
+    // Requests still queued or in flight get no reply: their sessions serve them the
+    // usual way.
     drop(rx);
     give_back(server);
 }
 
-/// Writes the batch and hands each reply back; false when the server failed (the
-/// requests not yet answered are dropped, so their sessions retry them elsewhere).
-async fn serve_batch(lanes: &Lanes, server: &mut Server, batch: &mut Vec<LaneRequest>) -> bool {
+/// Writes requests as they come, up to MAX_BATCH in flight, while the replies to
+/// earlier ones are read and handed back in order: the server never waits for the
+/// proxy between batches. Returns false when the server failed, true when idle.
+async fn serve(
+    lanes: &Lanes,
+    node: &Node,
+    server: &mut Server,
+    rx: &mut mpsc::Receiver<LaneRequest>,
+    waiting: &mut VecDeque<oneshot::Sender<BytesMut>>,
+) -> bool {
     let mut pipeline = Pipeline::for_lane();
+    let mut out = BytesMut::new();
     let mut to_server = BytesMut::new();
-    let mut replies = Vec::with_capacity(batch.len());
-    for r in batch.drain(..) {
-        let frame = Frame {
-            tag: b'Q',
-            data: r.query,
-        };
-        auto_prepare::send(
-            frame,
-            &r.lifted,
-            &mut server.prepared,
-            &mut pipeline,
-            &mut to_server,
-        );
-        replies.push(r.reply);
-    }
-    if server.io.write_all(&to_server).await.is_err() || server.io.flush().await.is_err() {
-        return false;
-    }
-    for reply in replies {
-        let mut out = BytesMut::new();
-        loop {
-            let frame = match server.io.read_frame().await {
-                Ok(Some(f)) => f,
-                _ => return false,
-            };
-            let tag = frame.tag;
-            if pipeline.on_server(tag, frame.body(), &mut server.prepared, &mut out) {
-                out.unsplit(frame.data);
+    loop {
+        tokio::select! {
+            biased;
+            r = server.io.read_frame(), if !waiting.is_empty() => {
+                let Ok(Some(frame)) = r else { return false };
+                let tag = frame.tag;
+                if pipeline.on_server(tag, frame.body(), &mut server.prepared, &mut out) {
+                    out.unsplit(frame.data);
+                }
+                if tag == b'Z' {
+                    let reply = waiting.pop_front().expect("a reply is owed");
+                    node.runtime.end_query();
+                    if pipeline.take_fell_back() {
+                        // An empty reply: the session runs the client's Query the
+                        // usual way.
+                        out.clear();
+                    } else {
+                        lanes.served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(std::mem::take(&mut out));
+                    // A hidden Close of a statement that went bad goes out now, in
+                    // order with what the pipeline expects.
+                    if let Some(close) = pipeline.take_resend() {
+                        to_server.unsplit(close);
+                    }
+                }
             }
-            if tag == b'Z' {
-                break;
+            r = rx.recv(), if waiting.len() < MAX_BATCH => {
+                let Some(first) = r else { return true };
+                let mut next = Some(first);
+                while let Some(req) = next {
+                    let frame = Frame { tag: b'Q', data: req.query };
+                    auto_prepare::send(frame, &req.lifted, &mut server.prepared, &mut pipeline, &mut to_server);
+                    waiting.push_back(req.reply);
+                    node.runtime.begin_query();
+                    next = if waiting.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
+                }
             }
+            _ = tokio::time::sleep(IDLE), if waiting.is_empty() => return true,
         }
-        if pipeline.take_fell_back() {
-            // An empty reply: the session runs the client's Query the usual way.
-            out.clear();
-        } else {
-            lanes.served.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = reply.send(out);
-    }
-    // What the pipeline still expects (a hidden Close of a statement that went bad).
-    if let Some(close) = pipeline.take_resend() {
-        if server.io.write_all(&close).await.is_err() || server.io.flush().await.is_err() {
-            return false;
-        }
-    }
-    while !pipeline.is_empty() {
-        let mut sink = BytesMut::new();
-        match server.io.read_frame().await {
-            Ok(Some(f)) => {
-                pipeline.on_server(f.tag, f.body(), &mut server.prepared, &mut sink);
+        if !to_server.is_empty() {
+            if server.io.write_all(&to_server).await.is_err() || server.io.flush().await.is_err() {
+                return false;
             }
-            _ => return false,
+            to_server.clear();
         }
     }
-    true
 }
 
 impl Session {
