@@ -263,7 +263,7 @@ impl Session {
         if analysis.is_write() || !auto_prepare::eligible(&analysis) {
             return None;
         }
-        let sql = std::str::from_utf8(req.get(5..req.len().checked_sub(1)?)?).ok()?;
+        let sql = super::routing::sql_of(b'Q', req.get(5..)?)?;
         let lifted = parameterize(sql)?;
         let topo = shared.topology.load();
         let need = ReadNeed {

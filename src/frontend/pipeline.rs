@@ -194,31 +194,34 @@ impl Pipeline {
                 else {
                     return true;
                 };
+                // Alone and not on a lane, the client's Query runs again right here;
+                // otherwise others are in flight behind it and it cannot.
+                let rerun = !self.lane && self.q.is_empty();
                 let mut resend = BytesMut::new();
-                let created = !parse_pending && prepared.touch(&auto_prepare::name(id));
-                if created {
+                if !parse_pending && prepared.touch(&auto_prepare::name(id)) {
                     // Unusable now: closed, so the next use prepares it anew.
                     prepared.remove(&auto_prepare::name(id));
                     auto_prepare::close(id, &mut resend);
-                }
-                if self.lane {
-                    if created {
-                        // Nothing follows on a lane: Flush, or the server keeps its
+                    if !rerun {
+                        // Nothing follows it: Flush, or the server keeps its
                         // CloseComplete until the next Sync.
                         auto_prepare::flush(&mut resend);
-                        self.q.push_back(Expect::Close { hide: true });
-                        self.resend = Some(resend);
                     }
-                    self.fell_back = true;
-                    return false;
+                    self.q.push_back(Expect::Close { hide: true });
                 }
-                if self.q.is_empty() {
-                    if created {
-                        self.q.push_back(Expect::Close { hide: true });
-                    }
+                if rerun {
                     self.q.push_back(Expect::Query);
                     resend.extend_from_slice(&query);
+                }
+                if !resend.is_empty() {
                     self.resend = Some(resend);
+                }
+                if rerun {
+                    return false;
+                }
+                if self.lane {
+                    // The lane hands the request back to its session.
+                    self.fell_back = true;
                     return false;
                 }
                 // The client pipelined more behind it, already sent: running the Query
@@ -226,11 +229,6 @@ impl Pipeline {
                 out.put_u8(b'E');
                 out.put_u32(4 + error.len() as u32);
                 out.extend_from_slice(&error);
-                if created {
-                    auto_prepare::flush(&mut resend);
-                    self.q.push_back(Expect::Close { hide: true });
-                    self.resend = Some(resend);
-                }
                 true
             }
             _ => failed.is_none(),

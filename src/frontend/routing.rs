@@ -26,7 +26,7 @@ fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// The SQL text of a Query body or of a Parse body (after the statement name).
-fn sql_of(tag: u8, body: &[u8]) -> Option<&str> {
+pub(super) fn sql_of(tag: u8, body: &[u8]) -> Option<&str> {
     let text = match tag {
         b'Q' => cstr(body)?.0,
         b'P' => cstr(cstr(body)?.1)?.0,

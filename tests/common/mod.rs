@@ -570,6 +570,13 @@ impl Wire {
     }
 }
 
+/// Runs a simple Query that must return exactly one row, and returns that row.
+pub async fn one_row(w: &mut Wire, sql: &str) -> Vec<Option<Vec<u8>>> {
+    let r = w.simple(sql).await;
+    assert_eq!(describe_all(&r), "T D C(SELECT 1) Z(I)", "{sql}");
+    r.iter().find_map(Msg::data_row).expect("a DataRow")
+}
+
 /// Tags of a message sequence, e.g. "T D D C Z(I)", for assertion messages.
 pub fn describe_all(msgs: &[Msg]) -> String {
     msgs.iter().map(Msg::describe).collect::<Vec<_>>().join(" ")
