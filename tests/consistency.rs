@@ -163,6 +163,34 @@ async fn no_stale_reads_with_a_paused_replica() {
     tokio::task::block_in_place(|| resume_replay(&env, 0));
 }
 
+/// A block that rolls back to a savepoint after an error and then commits did commit
+/// its write (PostgreSQL reports the ROLLBACK TO with a ROLLBACK tag): its position is
+/// captured, so a read of the table never goes to a replica that has not replayed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_after_rollback_to_savepoint_is_read_back() {
+    let env = consistency_env("").await;
+    tokio::task::block_in_place(|| {
+        pause_replay(&env, 0);
+        pause_replay(&env, 1);
+    });
+    let c = env.connect().await;
+    c.batch_execute("begin; update other set v = -1 where k = 7; savepoint s")
+        .await
+        .unwrap();
+    assert!(c.batch_execute("select 1/0").await.is_err());
+    c.batch_execute("rollback to s; commit").await.unwrap();
+    let v: i32 = c
+        .query_one("select v from other where k = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, -1, "a stale read of a committed write");
+    tokio::task::block_in_place(|| {
+        resume_replay(&env, 0);
+        resume_replay(&env, 1);
+    });
+}
+
 /// capture_commits off: no commit positions, so a just-written table may be read from
 /// a replica that has not replayed it (every mode acts as eventual).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

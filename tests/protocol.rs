@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{fe, sqlstate, Env, Msg, Setup, Watched, Wire};
+use common::{fe, one_row, sqlstate, Env, Msg, Setup, Watched, Wire};
 use std::collections::HashSet;
 use std::pin::pin;
 use std::time::Duration;
@@ -1667,6 +1667,69 @@ async fn set_stays_with_its_client() {
         2,
         "a ran on both server connections"
     );
+}
+
+/// A request pipelined behind another counts only at its own ReadyForQuery: a SET
+/// rolled back with its transaction, sent while an earlier request is still running, is
+/// not taken for committed when the earlier one's ReadyForQuery arrives (tokio-postgres
+/// sends a dropped statement's Close+Sync just this way, ahead of the next Query), and a
+/// SET pipelined behind a failing Query is kept. Checked after another client has used
+/// the one server connection, so the session's settings must be re-applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_pipelined_behind_another_request_count_at_their_own_reply() {
+    let env = start_pool_of(1).await;
+    let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let mut other = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    w.simple("set myapp.tenant = 'alpha'").await;
+    let rolled_back = || fe::query("begin; set myapp.tenant = 'gamma'; rollback");
+    let cases = [
+        (fe::query("select pg_sleep(0.02)"), rolled_back(), "alpha"),
+        (
+            [fe::close_statement("nothing"), fe::sync()].concat(),
+            rolled_back(),
+            "alpha",
+        ),
+        (
+            fe::query("select 1/0"),
+            fe::query("set myapp.tenant = 'delta'"),
+            "delta",
+        ),
+    ];
+    for (first, later, want) in cases {
+        w.send(&[first, later].concat()).await;
+        w.until_ready().await;
+        w.until_ready().await;
+        // The other client takes the server connection over with its own value.
+        other.simple("set myapp.tenant = 'other'").await;
+        let row = one_row(&mut other, "select current_setting('myapp.tenant')").await;
+        assert_eq!(row[0].as_deref(), Some(&b"other"[..]));
+        let row = one_row(&mut w, "select current_setting('myapp.tenant')").await;
+        assert_eq!(
+            String::from_utf8_lossy(row[0].as_deref().unwrap_or_default()),
+            want
+        );
+    }
+}
+
+/// A SET in a block that rolls back to a savepoint after an error and then commits is
+/// committed: it follows its client, and does not leak to the next client of the server
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_committed_after_rollback_to_savepoint_stays_with_its_client() {
+    let env = start_pool_of(1).await;
+    let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let mut other = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    w.simple("begin; set myapp.tenant = 's1'; savepoint a; select 1/0")
+        .await;
+    w.simple("rollback to a; commit").await;
+    let row = one_row(
+        &mut other,
+        "select coalesce(current_setting('myapp.tenant', true), '')",
+    )
+    .await;
+    assert_eq!(row[0].as_deref(), Some(&b""[..]), "a SET leaked");
+    let row = one_row(&mut w, "select current_setting('myapp.tenant')").await;
+    assert_eq!(row[0].as_deref(), Some(&b"s1"[..]));
 }
 
 /// `options=-c name=value` in the connection string (libpq and most drivers support

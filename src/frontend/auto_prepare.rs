@@ -131,6 +131,7 @@ pub(super) fn send(
     });
     put_message(to_server, b'S', |_| {});
     pipeline.push(Expect::AutoQuery {
+        ord: 0,
         id,
         query: frame.data.freeze(),
         parse_pending,

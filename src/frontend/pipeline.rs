@@ -24,9 +24,17 @@ pub enum Expect {
     Close {
         hide: bool,
     },
-    Sync,
-    Query,
-    FunctionCall,
+    // The entries that owe a ReadyForQuery carry the ordinal of the request they end
+    // (see Pipeline::next_ord), so what a request did is settled at its own reply.
+    Sync {
+        ord: u64,
+    },
+    Query {
+        ord: u64,
+    },
+    FunctionCall {
+        ord: u64,
+    },
     /// A reply the proxy produces itself, in order (ParseComplete or CloseComplete).
     Inject(u8),
     /// The client ended a COPY (CopyDone/CopyFail) before the server said COPY began;
@@ -36,6 +44,7 @@ pub enum Expect {
     /// `id` (see auto_prepare); `query` is the client's Query, run as sent if the
     /// statement fails before it executes.
     AutoQuery {
+        ord: u64,
         id: u64,
         query: Bytes,
         parse_pending: bool,
@@ -57,6 +66,10 @@ pub struct Pipeline {
     /// being run again here (the lane has later requests in flight).
     lane: bool,
     fell_back: bool,
+    /// Entries owing a ReadyForQuery pushed so far: the last one's ordinal.
+    pushed: u64,
+    /// The ordinal of the last request whose ReadyForQuery reached the client.
+    completed: u64,
 }
 
 fn put_empty(out: &mut BytesMut, tag: u8) {
@@ -64,9 +77,45 @@ fn put_empty(out: &mut BytesMut, tag: u8) {
     out.put_u32(4);
 }
 
+impl Expect {
+    fn ord_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            Expect::Sync { ord }
+            | Expect::Query { ord }
+            | Expect::FunctionCall { ord }
+            | Expect::AutoQuery { ord, .. } => Some(ord),
+            _ => None,
+        }
+    }
+
+    fn owes_ready(&self) -> bool {
+        matches!(
+            self,
+            Expect::Sync { .. } | Expect::Query { .. } | Expect::FunctionCall { .. }
+        )
+    }
+}
+
 impl Pipeline {
-    pub fn push(&mut self, e: Expect) {
+    /// Queues an expectation; one that owes a ReadyForQuery gets the next ordinal.
+    pub fn push(&mut self, mut e: Expect) {
+        if let Some(ord) = e.ord_mut() {
+            self.pushed += 1;
+            *ord = self.pushed;
+        }
         self.q.push_back(e);
+    }
+
+    /// The ordinal the request now being forwarded will have: its Query, or the Sync
+    /// that will end its extended-protocol batch.
+    pub fn next_ord(&self) -> u64 {
+        self.pushed + 1
+    }
+
+    /// The ordinal of the last request answered with ReadyForQuery; every request up to
+    /// it is done (those whose Sync PostgreSQL ignored in COPY included).
+    pub fn completed(&self) -> u64 {
+        self.completed
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,7 +136,7 @@ impl Pipeline {
     /// A client Sync: owed a ReadyForQuery unless the server is taking COPY data.
     pub fn client_sync(&mut self) {
         if !self.copy_in {
-            self.q.push_back(Expect::Sync);
+            self.push(Expect::Sync { ord: 0 });
         }
     }
 
@@ -107,7 +156,7 @@ impl Pipeline {
         let mut i = 1;
         while i < self.q.len() {
             match self.q[i] {
-                Expect::Sync => {
+                Expect::Sync { .. } => {
                     self.q.remove(i);
                 }
                 Expect::CopyEnd => {
@@ -185,13 +234,18 @@ impl Pipeline {
             }
             b'Z' => {
                 let Some(Expect::AutoQuery {
+                    ord,
                     id,
                     query,
                     parse_pending,
-                    failed: Some(error),
+                    failed,
                     ..
                 }) = self.q.pop_front()
                 else {
+                    return true;
+                };
+                let Some(error) = failed else {
+                    self.completed = ord;
                     return true;
                 };
                 // Alone and not on a lane, the client's Query runs again right here;
@@ -210,7 +264,8 @@ impl Pipeline {
                     self.q.push_back(Expect::Close { hide: true });
                 }
                 if rerun {
-                    self.q.push_back(Expect::Query);
+                    // Still the same request: it keeps its ordinal.
+                    self.q.push_back(Expect::Query { ord });
                     resend.extend_from_slice(&query);
                 }
                 if !resend.is_empty() {
@@ -226,6 +281,7 @@ impl Pipeline {
                 }
                 // The client pipelined more behind it, already sent: running the Query
                 // now would answer out of order, so the client gets the error after all.
+                self.completed = ord;
                 out.put_u8(b'E');
                 out.put_u32(4 + error.len() as u32);
                 out.extend_from_slice(&error);
@@ -270,10 +326,15 @@ impl Pipeline {
                 self.q.pop_front();
                 !hide
             }
+            (Some(e), b'Z') if e.owes_ready() => {
+                if let Some(mut e) = self.q.pop_front() {
+                    self.completed = e.ord_mut().map_or(self.completed, |o| *o);
+                }
+                true
+            }
             (Some(Expect::Bind), b'2')
             | (Some(Expect::DescribeStatement | Expect::DescribePortal), b'T' | b'n')
-            | (Some(Expect::Execute), b'C' | b'I' | b's')
-            | (Some(Expect::Sync | Expect::Query | Expect::FunctionCall), b'Z') => {
+            | (Some(Expect::Execute), b'C' | b'I' | b's') => {
                 self.q.pop_front();
                 true
             }
@@ -282,7 +343,7 @@ impl Pipeline {
                 self.q.pop_front();
                 !hide
             }
-            (Some(Expect::Query | Expect::FunctionCall), b'E') => {
+            (Some(Expect::Query { .. } | Expect::FunctionCall { .. }), b'E') => {
                 self.copy_in = false;
                 true
             }
@@ -292,7 +353,7 @@ impl Pipeline {
                 // extended batch; so do the expectations, including replies we owed.
                 while let Some(e) = self.q.front() {
                     match e {
-                        Expect::Sync | Expect::Query | Expect::FunctionCall => break,
+                        e if e.owes_ready() => break,
                         Expect::Parse { name: Some(n), .. } => {
                             prepared.remove(n);
                             self.q.pop_front();
@@ -304,11 +365,13 @@ impl Pipeline {
                 }
                 true
             }
-            (Some(Expect::Sync | Expect::Query | Expect::FunctionCall), _) => true,
+            (Some(e), _) if e.owes_ready() => true,
             (_, b'Z') => {
                 // Out of step (should not happen): resynchronise on this Sync.
-                while let Some(e) = self.q.pop_front() {
-                    if matches!(e, Expect::Sync | Expect::Query | Expect::FunctionCall) {
+                self.completed = self.pushed;
+                while let Some(mut e) = self.q.pop_front() {
+                    if e.owes_ready() {
+                        self.completed = e.ord_mut().map_or(self.completed, |o| *o);
                         break;
                     }
                 }

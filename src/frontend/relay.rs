@@ -7,8 +7,10 @@ use super::pipeline::Pipeline;
 use super::routing::contains_ci;
 use super::session::{Server, Session};
 use crate::protocol::{messages, sqlstate, Frame};
+use crate::router::analysis::SetStmt;
 use crate::router::parameterize::parameterize;
 use bytes::BytesMut;
+use std::collections::VecDeque;
 
 /// Flush what is queued for one side once it grows past this.
 const HIGH_WATER: usize = 64 * 1024;
@@ -18,7 +20,12 @@ const HIGH_WATER: usize = 64 * 1024;
 pub(super) struct Progress {
     /// Replies still to come, message by message.
     pub(super) pipeline: Pipeline,
+    /// The transaction (or autocommit statement) so far: requests already answered.
     pub(super) txn: TxnOutcome,
+    /// What requests sent but not yet answered did, by ordinal (see Pipeline): a
+    /// client may pipeline a request behind another, and each counts only once its
+    /// own ReadyForQuery arrives.
+    ahead: VecDeque<(u64, TxnOutcome)>,
     /// A commit whose position is still to be read.
     pub(super) commit: Option<PendingCommit>,
     /// An extended-protocol batch was sent without its Sync yet.
@@ -70,6 +77,26 @@ impl Progress {
     pub(super) fn status(&self) -> u8 {
         self.status
     }
+
+    /// Where to note what the request with ordinal `ord` does.
+    fn staged(&mut self, ord: u64) -> &mut TxnOutcome {
+        if self.ahead.back().is_none_or(|(o, _)| *o != ord) {
+            self.ahead.push_back((ord, TxnOutcome::default()));
+        }
+        &mut self.ahead.back_mut().expect("just ensured").1
+    }
+
+    /// Moves what the requests answered so far did into the transaction.
+    fn answered(&mut self) {
+        let done = self.pipeline.completed();
+        while self.ahead.front().is_some_and(|(o, _)| *o <= done) {
+            let (_, t) = self.ahead.pop_front().expect("checked");
+            self.txn.wrote |= t.wrote;
+            self.txn.tables.extend(t.tables);
+            self.txn.may_be_unflushed |= t.may_be_unflushed;
+            self.txn.sets.extend(t.sets);
+        }
+    }
 }
 
 pub(super) fn completes_request(tag: u8) -> bool {
@@ -103,8 +130,12 @@ pub(super) enum Flow {
 /// What the current transaction (or autocommit statement) did and how it ended.
 #[derive(Default)]
 pub(super) struct TxnOutcome {
+    /// An error ended the implicit transaction, or aborted the block so far.
     failed: bool,
-    rolled_back: bool,
+    /// How the last COMMIT or ROLLBACK reported: a block's outcome is its final one
+    /// (PostgreSQL answers COMMIT of an aborted block with ROLLBACK, and ROLLBACK TO
+    /// SAVEPOINT, which does not end the block, with ROLLBACK too).
+    ended: Option<bool>,
     /// A statement that writes ran.
     wrote: bool,
     /// The tables it wrote, where known.
@@ -112,6 +143,22 @@ pub(super) struct TxnOutcome {
     /// Its SQL mentions synchronous_commit (e.g. SET LOCAL synchronous_commit = off):
     /// the commit record may not be flushed when the client has its reply.
     may_be_unflushed: bool,
+    /// Session-level SETs it ran, kept for the client only if it commits.
+    sets: Vec<SetStmt>,
+}
+
+impl TxnOutcome {
+    fn on_command(&mut self, tag: &[u8]) {
+        let ended = if tag.starts_with(b"COMMIT\0") {
+            true
+        } else if tag.starts_with(b"ROLLBACK\0") {
+            false
+        } else {
+            return;
+        };
+        self.ended = Some(ended);
+        self.failed = false;
+    }
 }
 
 /// Errors that mean the node is shutting down or restarting, not that the query failed.
@@ -208,11 +255,15 @@ impl Session {
                         match frame.tag {
                             b'S' => server.note_parameter(frame.body()),
                             b'E' => p.txn.failed = true,
-                            b'C' if frame.body().starts_with(b"ROLLBACK") => p.txn.rolled_back = true,
+                            b'C' => p.txn.on_command(frame.body()),
+                            b'Z' => p.answered(),
+                            _ => {}
+                        }
+                        match frame.tag {
                             b'Z' if p.status() == b'I' => {
                                 let txn = std::mem::take(&mut p.txn);
-                                let committed = !txn.failed && !txn.rolled_back;
-                                self.settle_sets(server, committed);
+                                let committed = txn.ended.unwrap_or(!txn.failed);
+                                self.settle_sets(server, txn.sets, committed);
                                 if committed && txn.wrote && self.shared.captures_commits {
                                     self.commit_acknowledged(
                                         txn.tables,
@@ -279,8 +330,6 @@ impl Session {
     fn retry(&mut self, server: &mut Server) -> Flow {
         server.broken = true;
         self.out.clear();
-        // SETs in the request will be seen again when it is replayed.
-        self.pending_sets.clear();
         tracing::info!(node = %server.node, "server failed before answering; retrying the read elsewhere");
         Flow::Retry
     }
@@ -293,11 +342,13 @@ impl Session {
         to_server: &mut BytesMut,
     ) {
         p.sent(frame.tag);
+        // Taken before the frame is queued: the request it is part of.
+        let ord = p.pipeline.next_ord();
         let sql = matches!(frame.tag, b'Q' | b'P')
             .then(|| sql_text(frame.body(), frame.tag))
             .flatten();
         if sql.is_some_and(|q| contains_ci(q.as_bytes(), b"synchronous_commit")) {
-            p.txn.may_be_unflushed = true;
+            p.staged(ord).may_be_unflushed = true;
         }
         let query = sql.filter(|_| frame.tag == b'Q').map(|sql| {
             self.routed
@@ -339,15 +390,16 @@ impl Session {
                 to_server,
             ),
         };
+        let staged = p.staged(ord);
         // What runs (a Query, or an Execute of a bound statement) may write.
         if let Some(a) = query.as_ref().or(bound.as_ref()) {
             if a.is_write() {
-                p.txn.wrote = true;
-                p.txn.tables.extend(a.writes().map(|t| t.name.clone()));
+                staged.wrote = true;
+                staged.tables.extend(a.writes().map(|t| t.name.clone()));
             }
         }
         if let Some(a) = query.or(parsed) {
-            self.note_session_effects(&a);
+            self.note_session_effects(&a, &mut staged.sets);
         }
     }
 

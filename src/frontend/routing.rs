@@ -179,7 +179,8 @@ impl Session {
         if a.statements.is_empty() || !a.statements.iter().all(ours) {
             return Ok(false);
         }
-        self.note_session_effects(&a);
+        // Only pgwarden.* settings here: nothing for the server to confirm.
+        self.note_session_effects(&a, &mut Vec::new());
         for s in &a.statements {
             let tag = if matches!(s.set, Some(SetStmt::Reset { .. })) {
                 "RESET"
@@ -196,7 +197,7 @@ impl Session {
     /// Notes what a statement does to the session: it may pin the client to its
     /// connection; session-level SETs are remembered (applied once the server confirms
     /// them); `SET pgwarden.route` acts at once.
-    pub(super) fn note_session_effects(&mut self, a: &Analysis) {
+    pub(super) fn note_session_effects(&mut self, a: &Analysis, sets: &mut Vec<SetStmt>) {
         if self.pinned.is_none() {
             if let Some(pin) = a.pins() {
                 tracing::debug!(?pin, "client pinned to its server connection");
@@ -238,19 +239,15 @@ impl Session {
                     self.consistency = self.shared.config.consistency.mode;
                 }
                 Some(SetStmt::Set { local: true, .. }) | None => {}
-                Some(other) => self.pending_sets.push(other.clone()),
+                Some(other) => sets.push(other.clone()),
             }
         }
     }
 
     /// Applies remembered SETs to the session once the server has committed them, and
     /// records that this server now carries them.
-    pub(super) fn settle_sets(&mut self, server: &mut Server, committed: bool) {
-        if self.pending_sets.is_empty() {
-            return;
-        }
-        let sets = std::mem::take(&mut self.pending_sets);
-        if !committed {
+    pub(super) fn settle_sets(&mut self, server: &mut Server, sets: Vec<SetStmt>, committed: bool) {
+        if sets.is_empty() || !committed {
             return;
         }
         for s in sets {

@@ -12,7 +12,7 @@ use crate::backend::{BackendError, ConnectSpec};
 use crate::config::{ConsistencyMode, PoolMode, ResolvedUser};
 use crate::protocol::{messages, sqlstate, FrameError, FramedStream, Stream};
 use crate::proxy::Shared;
-use crate::router::analysis::{PinReason, SetStmt};
+use crate::router::analysis::PinReason;
 use crate::router::plan::{Route, RouteOverride};
 use bytes::BytesMut;
 use deadpool::managed::{Object, PoolError};
@@ -38,8 +38,6 @@ pub(super) struct Session {
     pub startup_params: Vec<(String, String)>,
     /// Session settings to carry to every server connection, as SQL values.
     pub params: Vec<(String, String)>,
-    /// SETs sent but not yet confirmed by the server.
-    pub pending_sets: Vec<SetStmt>,
     pub route_override: RouteOverride,
     /// Session state that cannot move between connections was created.
     pub pinned: Option<PinReason>,
@@ -176,7 +174,6 @@ async fn open(
         user: entry.user.clone(),
         startup_params,
         params: replayed,
-        pending_sets: Vec::new(),
         route_override: RouteOverride::Auto,
         pinned: None,
         clock: Arc::default(),

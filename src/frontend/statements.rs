@@ -133,8 +133,8 @@ impl ClientStatements {
             b'E' => pipeline.push(Expect::Execute),
             b'S' => pipeline.client_sync(),
             b'c' | b'f' => pipeline.client_copy_end(),
-            b'Q' => pipeline.push(Expect::Query),
-            b'F' => pipeline.push(Expect::FunctionCall),
+            b'Q' => pipeline.push(Expect::Query { ord: 0 }),
+            b'F' => pipeline.push(Expect::FunctionCall { ord: 0 }),
             _ => {}
         }
         to_server.unsplit(frame.data);
