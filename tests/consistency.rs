@@ -114,8 +114,9 @@ async fn no_stale_reads_with_a_paused_replica() {
                 .unwrap();
                 let v3 = read_kv(&b, k, &replica_ports).await;
                 reads.fetch_add(3, Ordering::Relaxed);
-                for ((got, replica), want) in [(v, 1), (v2, 1), (v3, 2)] {
+                for (step, ((got, replica), want)) in [(v, 1), (v2, 1), (v3, 2)].into_iter().enumerate() {
                     if got != Some(want) {
+                        eprintln!("STALE worker {w} k {k} step {} got {got:?} want {want} replica {replica}", step + 1);
                         stale.fetch_add(1, Ordering::Relaxed);
                     }
                     if replica {

@@ -11,9 +11,17 @@ use std::time::{Duration, Instant};
 pub struct TableClock {
     // Reads vastly outnumber writes; the lock is held only for a lookup or an insert.
     map: RwLock<HashMap<String, u64>>,
-    /// Tables with a commit whose position is still being read, until the deadline:
-    /// meanwhile no replica is safe for them.
-    pending: RwLock<HashMap<String, Instant>>,
+    /// Tables with commits whose positions are still being read: meanwhile no replica
+    /// is safe for them.
+    pending: RwLock<HashMap<String, Pending>>,
+}
+
+/// Commits of one table whose positions are not known yet. Counted: one commit's
+/// position says nothing of another's acknowledged after its reading began.
+struct Pending {
+    commits: usize,
+    /// Renewed by each commit; past it, positions that never came are given up on.
+    until: Instant,
 }
 
 /// Position that no replica reaches: "read this from the primary".
@@ -57,7 +65,7 @@ impl TableClock {
         for t in tables {
             let (pending, pos) = with_key(db, t, |k| {
                 (
-                    now.is_some_and(|now| pending.get(k).is_some_and(|d| *d > now)),
+                    now.is_some_and(|now| pending.get(k).is_some_and(|p| p.until > now)),
                     map.get(k).copied().unwrap_or(0),
                 )
             });
@@ -77,18 +85,34 @@ impl TableClock {
         tables: impl IntoIterator<Item = &'a str>,
         ttl: Duration,
     ) {
-        let deadline = Instant::now() + ttl;
+        let now = Instant::now();
         let mut pending = self.pending.write().expect("table clock lock");
         for t in tables {
-            pending.insert(key(db, t), deadline);
+            let p = pending.entry(key(db, t)).or_insert(Pending {
+                commits: 0,
+                until: now,
+            });
+            if p.until <= now {
+                // Lapsed: the commits still counted will never report.
+                p.commits = 0;
+            }
+            p.commits += 1;
+            p.until = now + ttl;
         }
     }
 
-    /// The commit's position is known (or given up on): the tables are readable again.
+    /// One commit's position is known: its tables are readable again once no other
+    /// commit of theirs is still waiting for one.
     pub fn end_commit<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>) {
         let mut pending = self.pending.write().expect("table clock lock");
         for t in tables {
-            pending.remove(&key(db, t));
+            let k = key(db, t);
+            if let Some(p) = pending.get_mut(&k) {
+                p.commits = p.commits.saturating_sub(1);
+                if p.commits == 0 {
+                    pending.remove(&k);
+                }
+            }
         }
     }
 
@@ -139,5 +163,26 @@ mod tests {
         assert_eq!(c.max_of("app", ["t"]), 7);
         c.begin_commit("app", ["t"], Duration::ZERO);
         assert_eq!(c.max_of("app", ["t"]), 7);
+    }
+
+    #[test]
+    fn a_table_stays_unreachable_until_every_pending_commit_has_its_position() {
+        let c = TableClock::default();
+        let ttl = Duration::from_secs(60);
+        c.begin_commit("app", ["t"], ttl);
+        c.begin_commit("app", ["t", "u"], ttl);
+        // The first commit's position arrives; the second's is still being read.
+        c.advance("app", ["t"], 10);
+        c.end_commit("app", ["t"]);
+        assert_eq!(c.max_of("app", ["t"]), UNREACHABLE);
+        assert_eq!(c.max_of("app", ["u"]), UNREACHABLE);
+        c.advance("app", ["t", "u"], 20);
+        c.end_commit("app", ["t", "u"]);
+        assert_eq!(c.max_of("app", ["t", "u"]), 20);
+        // A lapsed count does not outlive its deadline into the next commit.
+        c.begin_commit("app", ["v"], Duration::ZERO);
+        c.begin_commit("app", ["v"], ttl);
+        c.end_commit("app", ["v"]);
+        assert_eq!(c.max_of("app", ["v"]), 0);
     }
 }
