@@ -106,6 +106,9 @@ impl Proxy {
         let (shutdown, rx) = watch::channel(false);
         let captures_commits = config.consistency.capture_commits
             && (config.routing.read_write_split || config.consistency.fleet_redis_url.is_some());
+        let lanes = Arc::new(crate::frontend::lanes::Lanes::new(
+            std::time::Duration::from_millis(config.pool.multiplex_slow_ms),
+        ));
         let shared = Arc::new(Shared {
             parse_cache: ParseCache::new(
                 config.routing.parse_cache_size,
@@ -130,7 +133,7 @@ impl Proxy {
             tls,
             counters: Counters::register(),
             captures_commits,
-            lanes: Arc::default(),
+            lanes,
         });
         crate::topology::health::spawn(topology, &shared.config, monitor_creds, rx.clone());
         tokio::spawn(crate::frontend::listener::serve(

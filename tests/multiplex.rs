@@ -1,16 +1,31 @@
 //! `pool.multiplex_reads`: autocommit reads share one server connection per (replica,
 //! session settings), several clients' at a time. Each client must still get exactly
-//! its own reply, with its own settings, whatever happens to the lane's server.
+//! its own reply, with its own settings, whatever happens to the lane's server; a slow
+//! read must not hold up the others for long, and a cancel must still answer at once.
 
 mod common;
 
-use common::{Env, Msg, Setup, Wire};
+use common::{fe, Env, Msg, Setup, Wire};
+use pgwarden::config::{Config, MultiplexReads};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Every read a lane can take goes to one (the tests check what lanes do); nothing
+/// counts as slow.
+fn always(c: &mut Config) {
+    c.pool.multiplex_reads = MultiplexReads::Always;
+    c.pool.multiplex_slow_ms = 600_000;
+}
+
 async fn start() -> Env {
+    start_with(always).await
+}
+
+async fn start_with(tweak: fn(&mut Config)) -> Env {
     let env = common::start(Setup {
         replicas: 1,
-        tweak: |c| c.pool.multiplex_reads = true,
+        tweak,
         ..Default::default()
     })
     .await;
@@ -180,4 +195,267 @@ async fn a_lane_whose_server_dies_costs_readers_nothing() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// Extended-protocol reads take lanes too: statements the clients prepared (binary
+/// results, as tokio-postgres asks for them) and unnamed Parse/Bind/Execute batches (as
+/// pgbench -M extended sends them), each client getting its own rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_reads_take_lanes() {
+    let env = start().await;
+    let mut tasks = Vec::new();
+    for c in 0..6i32 {
+        let client = env.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let stmt = client
+                .prepare("select v, id from items where id = $1")
+                .await
+                .unwrap();
+            for i in 0..100 {
+                let id = 1000 + c * 1000 + i;
+                let row = client.query_one(&stmt, &[&id]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), format!("v{id}"), "client {c}");
+                assert_eq!(row.get::<_, i32>(1), id);
+            }
+        }));
+    }
+    for c in 0..6 {
+        let port = env.port();
+        tasks.push(tokio::spawn(async move {
+            let mut w = Wire::connect(port, "app", "app", "app", &[]).await;
+            for i in 0..100 {
+                let id = (10_000 + c * 1000 + i).to_string();
+                let batch = [
+                    fe::parse("", "select v from items where id = $1"),
+                    fe::bind("", "", &[Some(id.as_bytes())]),
+                    fe::execute("", 0),
+                    fe::sync(),
+                ]
+                .concat();
+                w.send(&batch).await;
+                let r = w.until_ready().await;
+                assert_eq!(common::describe_all(&r), "1 2 D C(SELECT 1) Z(I)");
+                let row = r.iter().find_map(Msg::data_row).unwrap();
+                assert_eq!(row[0].as_deref(), Some(format!("v{id}").as_bytes()));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let served = env.proxy.shared.lanes.served();
+    assert!(
+        served >= 12 * 100 * 9 / 10,
+        "most extended reads went through a lane: {served}"
+    );
+}
+
+/// Whether a read that sleeps (its SQL mentions pg_sleep) has been running on the
+/// replica for at least `ms`.
+fn sleeping_for(env: &Env, ms: u32) -> bool {
+    let out = env.cluster.replicas[0]
+        .psql(
+            "postgres",
+            "postgres",
+            &format!(
+                "select count(*) from pg_stat_activity where state = 'active' \
+                 and query like '%pg_sleep%' and query not like '%pg_stat_activity%' \
+                 and now() - query_start > interval '{ms} ms'"
+            ),
+        )
+        .unwrap();
+    out.trim() != "0"
+}
+
+/// A read that runs long on a lane: reads queued behind it are handed back after
+/// multiplex_slow_ms and served the usual way, later ones go there at once, and
+/// afterwards its statement stays off the lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_holds_up_no_one_and_leaves_the_lanes() {
+    let env = start_with(|c| {
+        c.pool.multiplex_reads = MultiplexReads::Always;
+        c.pool.multiplex_slow_ms = 300;
+    })
+    .await;
+    let slow = env.connect().await;
+    let sql = "select pg_sleep($1), v from items where id = $2";
+    let stmt = slow.prepare(sql).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    let sleeper = tokio::spawn(async move {
+        slow.query_one(&stmt, &[&3.0f64, &1i32]).await.unwrap();
+        finished.store(true, Ordering::SeqCst);
+        (slow, stmt)
+    });
+    common::wait_for("the sleeping read running", Duration::from_secs(20), || {
+        let running = tokio::task::block_in_place(|| sleeping_for(&env, 0));
+        async move { running.then_some(()) }
+    })
+    .await;
+    // Another client with the same settings, so the same lane.
+    let fast = env.connect().await;
+    let read = fast
+        .prepare("select v from items where id = $1")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let row = fast.query_one(&read, &[&(100 + i)]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("v{}", 100 + i));
+    }
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the fast reads waited for the slow one"
+    );
+    let (slow, stmt) = sleeper.await.unwrap();
+    assert_eq!(env.proxy.shared.lanes.slow_statements(), 1);
+    let before = env.proxy.shared.lanes.served();
+    slow.query_one(&stmt, &[&0.0f64, &1i32]).await.unwrap();
+    assert_eq!(
+        env.proxy.shared.lanes.served(),
+        before,
+        "the slow statement went to a lane again"
+    );
+}
+
+/// A cancel of a read waiting on a lane is answered at once with 57014 (the read has
+/// nothing to undo), and the client goes on as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_on_a_lane_answers_at_once() {
+    let env = start_with(|c| {
+        c.pool.multiplex_reads = MultiplexReads::Always;
+        c.pool.multiplex_slow_ms = 300;
+    })
+    .await;
+    let client = Arc::new(env.connect().await);
+    let stmt = client
+        .prepare("select pg_sleep($1), v from items where id = $2")
+        .await
+        .unwrap();
+    let c = client.clone();
+    let s = stmt.clone();
+    let reading = tokio::spawn(async move { c.query_one(&s, &[&600.0f64, &1i32]).await });
+    common::wait_for(
+        "the read running on the replica",
+        Duration::from_secs(20),
+        || {
+            let running = tokio::task::block_in_place(|| sleeping_for(&env, 100));
+            async move { running.then_some(()) }
+        },
+    )
+    .await;
+    client
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(common::WIRE_TIMEOUT, reading)
+        .await
+        .expect("the cancelled read is answered")
+        .unwrap()
+        .expect_err("the read was cancelled");
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("57014"));
+    // The lane still runs the sleeping read: the next one goes around it.
+    let row = client
+        .query_one("select v from items where id = $1", &[&7i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "v7");
+}
+
+/// By default (auto) a lane is only taken while the replica is busy with another
+/// query: a client alone never takes one, clients reading together do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_only_overlapping_reads_take_lanes() {
+    let env = start_with(|c| c.pool.multiplex_reads = MultiplexReads::Auto).await;
+    let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    for i in 0..50 {
+        assert_eq!(
+            value(&mut w, &format!("select v from items where id = {}", 1 + i)).await,
+            format!("v{}", 1 + i)
+        );
+    }
+    assert_eq!(
+        env.proxy.shared.lanes.served(),
+        0,
+        "a lone client took a lane"
+    );
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let port = env.port();
+        tasks.push(tokio::spawn(async move {
+            let mut w = Wire::connect(port, "app", "app", "app", &[]).await;
+            for i in 0..200 {
+                let id = 1000 + c * 1000 + i;
+                let got = value(&mut w, &format!("select v from items where id = {id}")).await;
+                assert_eq!(got, format!("v{id}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        env.proxy.shared.lanes.served() > 0,
+        "overlapping reads took no lane"
+    );
+}
+
+/// An unnamed statement runs on a lane as a statement the lane's connection keeps; the
+/// client cannot tell: after a table change it gets the new columns, not the error the
+/// kept statement meets, and its own errors come as PostgreSQL sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statements_on_a_lane_behave_as_sent() {
+    let env = start().await;
+    let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let batch = |sql: &str| {
+        [
+            fe::parse("", sql),
+            fe::bind("", "", &[Some(&b"12345"[..])]),
+            fe::execute("", 0),
+            fe::sync(),
+        ]
+        .concat()
+    };
+    let sql = "select * from items where id = $1";
+    let mut columns = Vec::new();
+    for step in 0..6 {
+        if step == 3 {
+            env.direct()
+                .await
+                .batch_execute("alter table items add column extra int default 7")
+                .await
+                .unwrap();
+            let cluster = &env.cluster;
+            tokio::task::block_in_place(|| {
+                cluster.wait_replicas_caught_up(Duration::from_secs(30))
+            })
+            .unwrap();
+        }
+        w.send(&batch(sql)).await;
+        let r = w.until_ready().await;
+        assert_eq!(
+            common::describe_all(&r),
+            "1 2 D C(SELECT 1) Z(I)",
+            "step {step}"
+        );
+        columns.push(r.iter().find_map(Msg::data_row).unwrap().len());
+    }
+    assert_eq!(columns, [3, 3, 3, 4, 4, 4]);
+    w.send(&batch("selec $1")).await;
+    let r = w.until_ready().await;
+    assert_eq!(
+        common::describe_all(&r),
+        "E(42601: syntax error at or near \"selec\") Z(I)"
+    );
+    // A read of a table that does not exist: the lane's Parse fails, then the client's.
+    for _ in 0..2 {
+        w.send(&batch("select * from no_such_items where id = $1"))
+            .await;
+        let r = w.until_ready().await;
+        assert_eq!(
+            common::describe_all(&r),
+            "E(42P01: relation \"no_such_items\" does not exist) Z(I)"
+        );
+    }
+    assert!(env.proxy.shared.lanes.served() >= 5, "the lane served them");
 }

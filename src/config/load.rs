@@ -48,6 +48,9 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     if c.pool.size == 0 {
         return Err(invalid("pool.size", "must be at least 1"));
     }
+    if c.pool.multiplex_slow_ms == 0 {
+        return Err(invalid("pool.multiplex_slow_ms", "must be at least 1"));
+    }
     if c.limits.max_client_connections == 0 {
         return Err(invalid(
             "limits.max_client_connections",
@@ -186,6 +189,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MultiplexReads;
 
     const BASE: &str = "users: [{name: app, password: app}]\nnodes: [{name: p, host: 127.0.0.1, port: 5432, role: primary}]\n";
 
@@ -205,6 +209,29 @@ mod tests {
         assert!(e.to_string().contains("sise"), "{e}");
         let e = load_str("users: []\nnodes: []\n").unwrap_err();
         assert!(e.to_string().starts_with("nodes"), "{e}");
+    }
+
+    #[test]
+    fn multiplex_reads_takes_a_mode_or_a_flag() {
+        let mode = |v: &str| {
+            load_str(&format!("{BASE}pool: {{multiplex_reads: {v}}}\n"))
+                .map(|c| c.pool.multiplex_reads)
+        };
+        assert_eq!(
+            load_str(BASE).unwrap().pool.multiplex_reads,
+            MultiplexReads::Auto
+        );
+        assert_eq!(mode("always").unwrap(), MultiplexReads::Always);
+        assert_eq!(mode("off").unwrap(), MultiplexReads::Off);
+        assert_eq!(mode("true").unwrap(), MultiplexReads::Auto);
+        assert_eq!(mode("false").unwrap(), MultiplexReads::Off);
+        let e = mode("sometimes").unwrap_err().to_string();
+        assert!(
+            e.starts_with("pool.multiplex_reads") && e.contains("auto, always or off"),
+            "{e}"
+        );
+        let e = load_str(&format!("{BASE}pool: {{multiplex_slow_ms: 0}}\n")).unwrap_err();
+        assert!(e.to_string().starts_with("pool.multiplex_slow_ms"), "{e}");
     }
 
     #[test]

@@ -87,9 +87,48 @@ pub struct PoolConfig {
     /// Run simple-protocol SELECTs whose integer literals can be lifted as prepared
     /// statements on the server (parsed and planned once per connection).
     pub auto_prepare: bool,
-    /// Serve autocommit reads that need no particular replay position on shared lanes:
-    /// several clients' reads written at once on one server connection.
-    pub multiplex_reads: bool,
+    /// Serve autocommit reads on shared lanes: several clients' reads written at once
+    /// on one server connection per replica.
+    pub multiplex_reads: MultiplexReads,
+    /// A statement that runs longer than this on a lane is kept off lanes from then on,
+    /// and new reads do not queue behind a read running this long.
+    pub multiplex_slow_ms: u64,
+}
+
+/// When reads take a shared lane (`pool.multiplex_reads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "MultiplexSetting")]
+pub enum MultiplexReads {
+    Off,
+    /// Only while the replica already runs another query: alone, a read gains nothing.
+    Auto,
+    Always,
+}
+
+/// `pool.multiplex_reads` as written: auto | always | off, or true (auto) / false (off).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MultiplexSetting {
+    Flag(bool),
+    Name(String),
+}
+
+impl TryFrom<MultiplexSetting> for MultiplexReads {
+    type Error = String;
+    fn try_from(s: MultiplexSetting) -> Result<Self, String> {
+        match s {
+            MultiplexSetting::Flag(true) => Ok(MultiplexReads::Auto),
+            MultiplexSetting::Flag(false) => Ok(MultiplexReads::Off),
+            MultiplexSetting::Name(n) => match n.to_ascii_lowercase().as_str() {
+                "auto" | "on" => Ok(MultiplexReads::Auto),
+                "always" => Ok(MultiplexReads::Always),
+                "off" => Ok(MultiplexReads::Off),
+                _ => Err(format!(
+                    "unknown value {n:?} for multiplex_reads: expected auto, always or off"
+                )),
+            },
+        }
+    }
 }
 
 impl Default for PoolConfig {
@@ -102,7 +141,8 @@ impl Default for PoolConfig {
             connect_timeout_ms: 5_000,
             prepared_statements_per_server: 200,
             auto_prepare: true,
-            multiplex_reads: false,
+            multiplex_reads: MultiplexReads::Auto,
+            multiplex_slow_ms: 20,
         }
     }
 }

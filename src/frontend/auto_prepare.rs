@@ -21,6 +21,7 @@ pub(super) fn eligible(a: &Analysis) -> bool {
 }
 
 /// A server statement name, `pgw_q` and 16 hex digits, without allocating.
+#[derive(Clone, Copy)]
 pub(super) struct Name([u8; 21]);
 
 impl Deref for Name {
@@ -39,7 +40,7 @@ pub(super) fn name(id: u64) -> Name {
     Name(b)
 }
 
-fn id_of(p: &Parameterized) -> u64 {
+pub(super) fn id_of(p: &Parameterized) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     p.sql.hash(&mut h);
     p.types.hash(&mut h);
@@ -83,6 +84,39 @@ pub(super) fn may_fall_back(code: &str) -> bool {
         .any(|c| code.starts_with(c))
 }
 
+/// The Parse that creates the server statement `name` for `p`.
+pub(super) fn put_parse(name: &str, p: &Parameterized, to_server: &mut BytesMut) {
+    put_message(to_server, b'P', |m| {
+        put_cstr(m, name.as_bytes());
+        put_cstr(m, p.sql.as_bytes());
+        m.put_i16(p.types.len() as i16);
+        for t in &p.types {
+            m.put_u32(*t);
+        }
+    });
+}
+
+/// Bind (the literals of the Query body `sql`, in text), Describe and Execute of the
+/// server statement `name`: what the simple protocol would have run, without Sync.
+pub(super) fn put_execute(name: &str, p: &Parameterized, sql: &[u8], to_server: &mut BytesMut) {
+    put_message(to_server, b'B', |m| {
+        put_cstr(m, b"");
+        put_cstr(m, name.as_bytes());
+        m.put_i16(0); // every parameter in text
+        m.put_i16(p.values.len() as i16);
+        for v in &p.values {
+            m.put_i32(v.len() as i32);
+            m.put_slice(&sql[v.clone()]);
+        }
+        m.put_i16(0); // every column in text, as the simple protocol sends them
+    });
+    put_message(to_server, b'D', |m| put_cstr(m, b"P"));
+    put_message(to_server, b'E', |m| {
+        put_cstr(m, b"");
+        m.put_i32(0);
+    });
+}
+
 /// Sends the Query in `frame` as [Parse] Bind Describe Execute Sync of the statement for
 /// `p`, preparing it first if this server connection lacks it.
 pub(super) fn send(
@@ -103,32 +137,9 @@ pub(super) fn send(
             });
             pipeline.push(Expect::Close { hide: true });
         }
-        put_message(to_server, b'P', |m| {
-            put_cstr(m, name.as_bytes());
-            put_cstr(m, p.sql.as_bytes());
-            m.put_i16(p.types.len() as i16);
-            for t in &p.types {
-                m.put_u32(*t);
-            }
-        });
+        put_parse(&name, p, to_server);
     }
-    let sql = frame.body();
-    put_message(to_server, b'B', |m| {
-        put_cstr(m, b"");
-        put_cstr(m, name.as_bytes());
-        m.put_i16(0); // every parameter in text
-        m.put_i16(p.values.len() as i16);
-        for v in &p.values {
-            m.put_i32(v.len() as i32);
-            m.put_slice(&sql[v.clone()]);
-        }
-        m.put_i16(0); // every column in text, as the simple protocol sends them
-    });
-    put_message(to_server, b'D', |m| put_cstr(m, b"P"));
-    put_message(to_server, b'E', |m| {
-        put_cstr(m, b"");
-        m.put_i32(0);
-    });
+    put_execute(&name, p, frame.body(), to_server);
     put_message(to_server, b'S', |_| {});
     pipeline.push(Expect::AutoQuery {
         ord: 0,

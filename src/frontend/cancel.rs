@@ -1,17 +1,24 @@
 //! Cancel requests: the proxy hands each client its own key, and maps it to the server
-//! connection running that client's query right now.
+//! connection running that client's query right now, or to the session itself while
+//! its read is on a shared lane.
 
 use crate::protocol::messages;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
 
-#[derive(Clone, Copy, Debug)]
-pub struct CancelTarget {
-    pub addr: SocketAddr,
-    pub pid: i32,
-    pub secret: i32,
+#[derive(Clone, Debug)]
+pub enum CancelTarget {
+    Server {
+        addr: SocketAddr,
+        pid: i32,
+        secret: i32,
+    },
+    /// A read on a shared lane: the server runs other clients' reads too, so the cancel
+    /// goes to the waiting session, which answers it (the read has no effect to undo).
+    Lane(Arc<Notify>),
 }
 
 /// A client's slot: it writes its current server here; the registry reads it on cancel.
@@ -47,22 +54,28 @@ impl CancelRegistry {
         let target = {
             let map = self.map.lock().expect("cancel map lock");
             match map.get(&pid) {
-                Some((s, slot)) if *s == secret => *slot.lock().expect("cancel slot lock"),
+                Some((s, slot)) if *s == secret => slot.lock().expect("cancel slot lock").clone(),
                 _ => None,
             }
         };
-        let Some(t) = target else {
-            tracing::debug!(pid, "cancel request for an unknown or idle client ignored");
-            return;
+        let (addr, pid, secret) = match target {
+            Some(CancelTarget::Server { addr, pid, secret }) => (addr, pid, secret),
+            Some(CancelTarget::Lane(waiting)) => {
+                waiting.notify_one();
+                metrics::counter!("pgwarden_cancel_requests_total").increment(1);
+                return;
+            }
+            None => {
+                tracing::debug!(pid, "cancel request for an unknown or idle client ignored");
+                return;
+            }
         };
-        match tokio::net::TcpStream::connect(t.addr).await {
+        match tokio::net::TcpStream::connect(addr).await {
             Ok(mut s) => {
-                let _ = s
-                    .write_all(&messages::cancel_request(t.pid, t.secret))
-                    .await;
+                let _ = s.write_all(&messages::cancel_request(pid, secret)).await;
                 metrics::counter!("pgwarden_cancel_requests_total").increment(1);
             }
-            Err(e) => tracing::warn!(addr = %t.addr, error = %e, "cannot forward cancel request"),
+            Err(e) => tracing::warn!(addr = %addr, error = %e, "cannot forward cancel request"),
         }
     }
 }

@@ -1,53 +1,117 @@
-//! Shared read lanes (`pool.multiplex_reads`): autocommit reads that need no particular
-//! replay position are queued per (replica, session settings) and written, several
-//! clients' at a time and without waiting for earlier replies, on the lane's one server
-//! connection; the replies go back to each client in order. PostgreSQL then reads many
-//! queries per wakeup and never waits on the proxy between them.
+//! Shared read lanes (`pool.multiplex_reads`): autocommit reads on a replica are queued
+//! per (replica, session settings) and written, several clients' at a time and without
+//! waiting for earlier replies, on the lane's one server connection (see lane_task).
+//! PostgreSQL then reads many queries per wakeup and never waits on the proxy between
+//! them. A lane is only worth it when reads overlap, so by default a read takes one only
+//! while the replica is already busy; statements seen slow on a lane stay off lanes.
 
 use super::auto_prepare;
+use super::cancel::CancelTarget;
 use super::counters::ReadDecision;
-use super::pipeline::Pipeline;
 use super::routing::Needed;
 use super::session::{give_back, Server, Session};
-use crate::config::PoolMode;
-use crate::protocol::Frame;
+use crate::config::{MultiplexReads, PoolMode};
+use crate::protocol::{messages, sqlstate};
+use crate::router::analysis::Analysis;
 use crate::router::parameterize::{parameterize, Parameterized};
 use crate::router::plan::{Plan, Route};
-use crate::topology::{balancer, Node, ReadNeed};
-use bytes::BytesMut;
-use std::collections::VecDeque;
+use crate::topology::balancer::{self, Draw};
+use crate::topology::{Node, ReadNeed};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-/// Requests in flight on a lane's server, at most.
-const MAX_BATCH: usize = 32;
 /// Requests waiting for a lane, at most; beyond, readers take the usual path.
 const QUEUE: usize = 256;
-/// A lane idle this long gives its server connection back to the pool.
-const IDLE: Duration = Duration::from_secs(10);
 /// Lanes per node (one per distinct set of session settings), at most.
 const MAX_LANES_PER_NODE: usize = 4;
+/// How long after a read last found its replica busy reads keep taking lanes (auto).
+const BUSY_WINDOW: Duration = Duration::from_millis(100);
+/// Statements remembered as slow, at most (the record starts afresh beyond).
+const MAX_SLOW: usize = 4096;
+/// How long a statement seen slow stays off lanes; then it may try one again (a pause
+/// of the machine can make any statement look slow once).
+const SLOW_MEMORY: Duration = Duration::from_secs(60);
 
-/// One read for a lane: the client's Query, its lifted form, where the reply goes.
-struct LaneRequest {
-    query: BytesMut,
-    lifted: Parameterized,
-    reply: oneshot::Sender<BytesMut>,
+/// The statement a lane's server must have before it runs a request.
+pub(super) enum Ensure {
+    /// An unnamed statement parsed in the request itself.
+    Nothing,
+    /// A simple Query's lifted form (see auto_prepare).
+    Lifted {
+        name: auto_prepare::Name,
+        lifted: Parameterized,
+    },
+    /// A statement the client prepared: its server name and Parse.
+    Named { name: Arc<str>, parse: Bytes },
+}
+
+/// One read for a lane.
+pub(super) struct LaneRequest {
+    pub ensure: Ensure,
+    /// The request's messages, without Sync.
+    pub msgs: BytesMut,
+    pub shape: Shape,
+    /// Names the statement, for the record of slow ones.
+    pub key: u64,
+    /// Taken by the lane when it writes the request.
+    pub reply: Option<oneshot::Sender<LaneReply>>,
+}
+
+/// How the request the lane runs differs from what the client sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// As sent (statement names aside).
+    AsSent,
+    /// A simple Query run as Bind/Describe/Execute of a prepared statement: BindComplete
+    /// and NoData are not the client's, and an error before it runs (the statement went
+    /// stale) sends the Query back to its session to run as sent.
+    Lifted,
+    /// An unnamed Parse run as a named statement the connection keeps: the client gets
+    /// its ParseComplete, and an error before the Bind completes sends the request back
+    /// to its session to run as sent.
+    Renamed,
+}
+
+impl Shape {
+    /// An error before BindComplete may be the lane's doing, not the client's.
+    pub(super) fn may_fall_back(self) -> bool {
+        self != Shape::AsSent
+    }
+}
+
+pub(super) enum LaneReply {
+    /// The client's reply, ReadyForQuery included.
+    Done(BytesMut),
+    /// Run the client's Query as sent, the usual way.
+    FallBack,
+}
+
+/// What sessions see of a running lane.
+pub(super) struct LaneState {
+    /// Microseconds since `Lanes::epoch` when the read at the head of the lane started
+    /// running on the server; 0 while nothing is in flight.
+    head_since_us: AtomicU64,
 }
 
 struct Lane {
     node: String,
     settings: u64,
     tx: mpsc::Sender<LaneRequest>,
+    state: Arc<LaneState>,
 }
 
-#[derive(Default)]
 pub struct Lanes {
     // Held only to look up, insert or remove, never across an await.
     map: Mutex<Vec<Lane>>,
+    /// Statements that ran longer than `slow_after` on a lane, and when.
+    slow: Mutex<HashMap<u64, Instant>>,
+    slow_after: Duration,
+    epoch: Instant,
     /// Reads answered on a lane so far.
     served: AtomicU64,
 }
@@ -64,7 +128,7 @@ fn settings_key(params: &[(String, String)]) -> u64 {
 }
 
 enum Found {
-    Lane(mpsc::Sender<LaneRequest>),
+    Lane(mpsc::Sender<LaneRequest>, Arc<LaneState>),
     /// None yet for these settings, and room for one: the caller opens it.
     Open,
     /// Too many lanes on this node already.
@@ -72,13 +136,23 @@ enum Found {
 }
 
 impl Lanes {
+    pub fn new(slow_after: Duration) -> Self {
+        Lanes {
+            map: Mutex::default(),
+            slow: Mutex::default(),
+            slow_after,
+            epoch: Instant::now(),
+            served: AtomicU64::new(0),
+        }
+    }
+
     fn find(&self, node: &str, settings: u64) -> Found {
         let map = self.map.lock().expect("lanes lock");
         if let Some(l) = map
             .iter()
             .find(|l| l.node == node && l.settings == settings)
         {
-            return Found::Lane(l.tx.clone());
+            return Found::Lane(l.tx.clone(), l.state.clone());
         }
         if map.iter().filter(|l| l.node == node).count() >= MAX_LANES_PER_NODE {
             Found::Full
@@ -93,7 +167,7 @@ impl Lanes {
         node: &Arc<Node>,
         settings: u64,
         server: Server,
-    ) -> mpsc::Sender<LaneRequest> {
+    ) -> (mpsc::Sender<LaneRequest>, Arc<LaneState>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let mut map = self.map.lock().expect("lanes lock");
         if let Some(l) = map
@@ -102,20 +176,35 @@ impl Lanes {
         {
             // Another session opened it meanwhile: this server goes back.
             give_back(server);
-            return l.tx.clone();
+            return (l.tx.clone(), l.state.clone());
         }
+        let state = Arc::new(LaneState {
+            head_since_us: AtomicU64::new(0),
+        });
         map.push(Lane {
             node: node.name.clone(),
             settings,
             tx: tx.clone(),
+            state: state.clone(),
         });
-        tokio::spawn(run(self.clone(), node.clone(), settings, server, rx));
-        tx
+        tokio::spawn(super::lane_task::run(
+            self.clone(),
+            node.clone(),
+            settings,
+            state.clone(),
+            server,
+            rx,
+        ));
+        (tx, state)
     }
 
     /// Reads answered on a lane so far.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_served(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Lanes open now.
@@ -127,120 +216,80 @@ impl Lanes {
         self.len() == 0
     }
 
-    fn close(&self, node: &str, settings: u64) {
+    pub(super) fn close(&self, node: &str, settings: u64) {
         let mut map = self.map.lock().expect("lanes lock");
         map.retain(|l| !(l.node == node && l.settings == settings));
     }
-}
 
-/// Sends a read down a lane; the reply, or None when the client must be served the
-/// usual way (the lane is busy, gone, its server failed, or the statement must run as
-/// sent). Nothing has reached the client either way.
-async fn read(
-    lane: &mpsc::Sender<LaneRequest>,
-    query: BytesMut,
-    lifted: Parameterized,
-) -> Option<BytesMut> {
-    let (reply, rx) = oneshot::channel();
-    lane.try_send(LaneRequest {
-        query,
-        lifted,
-        reply,
-    })
-    .ok()?;
-    let out = rx.await.ok()?;
-    (!out.is_empty()).then_some(out)
-}
-
-async fn run(
-    lanes: Arc<Lanes>,
-    node: Arc<Node>,
-    settings: u64,
-    mut server: Server,
-    mut rx: mpsc::Receiver<LaneRequest>,
-) {
-    let mut waiting = VecDeque::new();
-    let ok = serve(&lanes, &node, &mut server, &mut rx, &mut waiting).await;
-    for _ in &waiting {
-        node.runtime.end_query();
+    /// Microseconds on the lanes' clock (never 0).
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64 + 1
     }
-    if !ok {
-        server.broken = true;
-    }
-    lanes.close(&node.name, settings);
-    // Requests still queued or in flight get no reply: their sessions serve them the
-    // usual way.
-    drop(rx);
-    give_back(server);
-}
 
-/// Writes requests as they come, up to MAX_BATCH in flight, while the replies to
-/// earlier ones are read and handed back in order: the server never waits for the
-/// proxy between batches. Returns false when the server failed, true when idle.
-async fn serve(
-    lanes: &Lanes,
-    node: &Node,
-    server: &mut Server,
-    rx: &mut mpsc::Receiver<LaneRequest>,
-    waiting: &mut VecDeque<oneshot::Sender<BytesMut>>,
-) -> bool {
-    let mut pipeline = Pipeline::for_lane();
-    let mut out = BytesMut::new();
-    let mut to_server = BytesMut::new();
-    loop {
-        tokio::select! {
-            biased;
-            r = server.io.read_frame(), if !waiting.is_empty() => {
-                let Ok(Some(frame)) = r else { return false };
-                let tag = frame.tag;
-                if pipeline.on_server(tag, frame.body(), &mut server.prepared, &mut out) {
-                    out.unsplit(frame.data);
-                }
-                if tag == b'Z' {
-                    let reply = waiting.pop_front().expect("a reply is owed");
-                    node.runtime.end_query();
-                    if pipeline.take_fell_back() {
-                        // An empty reply: the session runs the client's Query the
-                        // usual way.
-                        out.clear();
-                    } else {
-                        lanes.served.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = reply.send(std::mem::take(&mut out));
-                    // A hidden Close of a statement that went bad goes out now, in
-                    // order with what the pipeline expects.
-                    if let Some(close) = pipeline.take_resend() {
-                        to_server.unsplit(close);
-                    }
-                }
-            }
-            r = rx.recv(), if waiting.len() < MAX_BATCH => {
-                let Some(first) = r else { return true };
-                let mut next = Some(first);
-                while let Some(req) = next {
-                    let frame = Frame { tag: b'Q', data: req.query };
-                    auto_prepare::send(frame, &req.lifted, &mut server.prepared, &mut pipeline, &mut to_server);
-                    waiting.push_back(req.reply);
-                    node.runtime.begin_query();
-                    next = if waiting.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
-                }
-            }
-            _ = tokio::time::sleep(IDLE), if waiting.is_empty() => return true,
+    pub(super) fn slow_after(&self) -> Duration {
+        self.slow_after
+    }
+
+    /// A statement ran longer than `slow_after` on a lane: from now on it runs the
+    /// usual way, where it delays nobody else's read.
+    pub(super) fn mark_slow(&self, key: u64) {
+        let mut slow = self.slow.lock().expect("slow statements lock");
+        if slow.len() >= MAX_SLOW {
+            slow.clear();
         }
-        if !to_server.is_empty() {
-            if server.io.write_all(&to_server).await.is_err() || server.io.flush().await.is_err() {
-                return false;
-            }
-            to_server.clear();
+        if slow.insert(key, Instant::now()).is_none() {
+            tracing::debug!(
+                key,
+                "statement kept off shared read lanes: it ran slow on one"
+            );
         }
     }
+
+    fn is_slow(&self, key: u64) -> bool {
+        let mut slow = self.slow.lock().expect("slow statements lock");
+        if slow.is_empty() {
+            return false;
+        }
+        match slow.get(&key) {
+            Some(since) if since.elapsed() < SLOW_MEMORY => true,
+            Some(_) => {
+                slow.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Statements kept off lanes so far (for tests and the console).
+    pub fn slow_statements(&self) -> usize {
+        self.slow.lock().expect("slow statements lock").len()
+    }
+
+    /// The lane task's note of when its head read started (None: nothing in flight).
+    pub(super) fn set_head_since(&self, state: &LaneState, since: Option<Instant>) {
+        let us = since.map_or(0, |t| (t - self.epoch).as_micros() as u64 + 1);
+        state.head_since_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The read at the head of the lane has run longer than `slow_after`: whatever it
+    /// is, new reads do not queue behind it.
+    fn stalled(&self, state: &LaneState) -> bool {
+        let since = state.head_since_us.load(Ordering::Relaxed);
+        since != 0 && self.now_us().saturating_sub(since) > self.slow_after.as_micros() as u64
+    }
+}
+
+/// Whether a read may go to a lane: one SELECT that changes no session state.
+fn lane_eligible(a: &Analysis) -> bool {
+    !a.is_write() && auto_prepare::eligible(a)
 }
 
 impl Session {
-    /// Serves the request on a shared read lane when it may be: an autocommit Query
-    /// that auto_prepare can lift, routed to a replica with no replay position to wait
-    /// for, from a client in transaction pooling and not pinned. Returns the reply, or
-    /// None to serve it the usual way.
+    /// Serves the request on a shared read lane when it may be: a read routed to a
+    /// replica (a simple Query that auto_prepare can lift, or an extended-protocol read
+    /// of one statement), from a client in transaction pooling and not pinned, on a
+    /// replica that has replayed what it needs. Returns the reply, or None to serve it
+    /// the usual way (nothing has reached the client then).
     pub(super) async fn lane_read(
         &mut self,
         plan: &Plan,
@@ -250,38 +299,46 @@ impl Session {
     ) -> Option<BytesMut> {
         let shared = self.shared.clone();
         let cfg = &shared.config;
-        if !(cfg.pool.multiplex_reads && cfg.pool.auto_prepare)
-            || tag != b'Q'
+        if cfg.pool.multiplex_reads == MultiplexReads::Off
             || plan.route != Route::Replica
-            || needed.min_position != 0
             || self.mode != PoolMode::Transaction
             || self.pinned.is_some()
         {
             return None;
         }
-        let analysis = self.routed.clone()?;
-        if analysis.is_write() || !auto_prepare::eligible(&analysis) {
-            return None;
-        }
-        let sql = super::routing::sql_of(b'Q', req.get(5..)?)?;
-        let lifted = parameterize(sql)?;
-        let topo = shared.topology.load();
         let need = ReadNeed {
-            min_position: 0,
+            min_position: needed.min_position,
             max_lag_bytes: cfg.consistency.max_lag_bytes,
             max_lag_ms: cfg.consistency.max_lag_ms,
         };
+        let topo = shared.topology.load();
         let near = balancer::nearest(
             topo.eligible(false, &need, &[]),
             cfg.consistency.nearest_tolerance,
         );
+        // The node the usual path would take; the rotation moves on only if the lane
+        // serves the read (else the usual path moves it).
+        let draw = self.draw(false);
         let node = shared
             .balancer
-            .pick(cfg.routing.load_balance, &near, self.draw(true))?
+            .pick(cfg.routing.load_balance, &near, draw)?
             .clone();
+        // Alone on the replica a read gains nothing from a lane, only two hand-offs;
+        // among others it does, even at the moments it finds the replica idle.
+        if cfg.pool.multiplex_reads == MultiplexReads::Auto
+            && !node
+                .runtime
+                .recently_busy(shared.lanes.now_us(), BUSY_WINDOW.as_micros() as u64)
+        {
+            return None;
+        }
+        let request = self.lane_request(req, tag)?;
+        if shared.lanes.is_slow(request.0.key) {
+            return None;
+        }
         let settings = settings_key(&self.params);
-        let lane = match shared.lanes.find(&node.name, settings) {
-            Found::Lane(tx) => tx,
+        let (lane, state) = match shared.lanes.find(&node.name, settings) {
+            Found::Lane(tx, state) => (tx, state),
             Found::Full => return None,
             Found::Open => {
                 let server = self.checkout_node(&node).await.ok()?;
@@ -290,8 +347,91 @@ impl Session {
                 shared.lanes.open(&node, settings, server)
             }
         };
-        let reply = read(&lane, req.clone(), lifted).await?;
-        shared.counters.read(ReadDecision::Multiplexed);
-        Some(reply)
+        if shared.lanes.stalled(&state) {
+            return None;
+        }
+        let (request, rx) = request;
+        lane.try_send(request).ok()?;
+        if matches!(draw, Draw::Same { .. }) {
+            shared.balancer.advance();
+        }
+        match self.await_lane(rx).await? {
+            LaneReply::Done(out) => {
+                shared.counters.read(ReadDecision::Multiplexed);
+                Some(out)
+            }
+            // The lane's statement went stale: the usual path runs the Query as sent.
+            LaneReply::FallBack => None,
+        }
+    }
+
+    /// The lane form of the request, and where its reply will come.
+    fn lane_request(
+        &mut self,
+        req: &BytesMut,
+        tag: u8,
+    ) -> Option<(LaneRequest, oneshot::Receiver<LaneReply>)> {
+        let (reply, rx) = oneshot::channel();
+        let request = match tag {
+            b'Q' if self.shared.config.pool.auto_prepare => {
+                let analysis = self.routed.clone()?;
+                if !lane_eligible(&analysis) {
+                    return None;
+                }
+                let body = req.get(5..)?;
+                let lifted = parameterize(super::routing::sql_of(b'Q', body)?)?;
+                let key = auto_prepare::id_of(&lifted);
+                let name = auto_prepare::name(key);
+                let mut msgs = BytesMut::new();
+                auto_prepare::put_execute(&name, &lifted, body, &mut msgs);
+                LaneRequest {
+                    ensure: Ensure::Lifted { name, lifted },
+                    msgs,
+                    shape: Shape::Lifted,
+                    key,
+                    reply: Some(reply),
+                }
+            }
+            b'S' => {
+                let read = self.statements.lane_read(req, &self.shared.parse_cache)?;
+                if !lane_eligible(&read.analysis) {
+                    return None;
+                }
+                LaneRequest {
+                    ensure: match read.ensure {
+                        Some((name, parse)) => Ensure::Named { name, parse },
+                        None => Ensure::Nothing,
+                    },
+                    msgs: read.msgs,
+                    shape: read.shape,
+                    key: read.key,
+                    reply: Some(reply),
+                }
+            }
+            _ => return None,
+        };
+        Some((request, rx))
+    }
+
+    /// Waits for a lane's reply. A cancel meanwhile is answered here: the read has no
+    /// effect to undo, and its reply, when it comes, is dropped. None: the lane could
+    /// not serve it (its server failed), so the usual path must.
+    async fn await_lane(&mut self, rx: oneshot::Receiver<LaneReply>) -> Option<LaneReply> {
+        let cancelled = Arc::new(Notify::new());
+        *self.cancel.lock().expect("cancel slot lock") =
+            Some(CancelTarget::Lane(cancelled.clone()));
+        let reply = tokio::select! {
+            biased;
+            r = rx => r.ok(),
+            _ = cancelled.notified() => {
+                let mut out = BytesMut::new();
+                messages::error(&mut out, "ERROR", sqlstate::QUERY_CANCELED,
+                    "canceling statement due to user request");
+                messages::ready_for_query(&mut out, b'I');
+                Some(LaneReply::Done(out))
+            }
+        };
+        *self.cancel.lock().expect("cancel slot lock") = None;
+        reply
     }
 }

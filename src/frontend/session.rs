@@ -264,7 +264,7 @@ impl Session {
             }
             return Err(CheckoutError::Params(e));
         }
-        *self.cancel.lock().expect("cancel slot lock") = Some(CancelTarget {
+        *self.cancel.lock().expect("cancel slot lock") = Some(CancelTarget::Server {
             addr: server.addr,
             pid: server.pid,
             secret: server.secret,

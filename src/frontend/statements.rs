@@ -142,6 +142,119 @@ impl ClientStatements {
     }
 }
 
+/// An extended-protocol read a shared lane can run: the statement it needs on the
+/// lane's server, its messages (statement renamed) up to its Sync, and what it runs.
+pub(super) struct LaneRead {
+    pub ensure: Option<(Arc<str>, Bytes)>,
+    pub msgs: BytesMut,
+    pub shape: super::lanes::Shape,
+    pub analysis: Arc<Analysis>,
+    /// Names the statement, for the lanes' record of slow ones.
+    pub key: u64,
+}
+
+impl ClientStatements {
+    /// The request as a lane read, when it is exactly `[Parse] Bind [Describe portal]
+    /// Execute Sync` on the unnamed portal, of a statement the client prepared or of an
+    /// unnamed one parsed in the same request. The unnamed one runs as a named statement
+    /// the lane's connection keeps, so PostgreSQL parses it once per connection, not per
+    /// request. Anything else (a named Parse, a Describe of a statement, an unknown name)
+    /// is served the usual way.
+    pub(super) fn lane_read(&mut self, req: &[u8], cache: &ParseCache) -> Option<LaneRead> {
+        let mut msgs = BytesMut::new();
+        let mut parsed: Option<Arc<Stmt>> = None;
+        // What the Bind runs; its messages are filled in at the Sync.
+        let mut read: Option<LaneRead> = None;
+        let mut executed = false;
+        let mut rest = req;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let frame = rest.get(..len + 1)?;
+            let (tag, body) = (frame[0], &frame[5..]);
+            rest = &rest[len + 1..];
+            match tag {
+                b'P' if read.is_none() && parsed.is_none() => {
+                    let (name, after) = cstr(body)?;
+                    let sql = std::str::from_utf8(cstr(after)?.0).ok()?;
+                    if !name.is_empty() {
+                        return None;
+                    }
+                    let stmt = Stmt {
+                        server_name: "".into(),
+                        analysis: cache.analyze(sql),
+                        parse: Bytes::copy_from_slice(frame),
+                    };
+                    parsed = Some(Arc::new(stmt));
+                }
+                b'B' if read.is_none() => {
+                    let (portal, after) = cstr(body)?;
+                    let (stmt, tail) = cstr(after)?;
+                    if !portal.is_empty() {
+                        return None;
+                    }
+                    read = Some(if stmt.is_empty() {
+                        let p = parsed.as_ref()?;
+                        // Named after its text and parameter types, as a client's named
+                        // statements are: the same SQL shares one server statement.
+                        let after_name = &p.parse[6..];
+                        let server_name = server_name_for(after_name);
+                        let mut n = server_name.as_bytes().to_vec();
+                        n.push(0);
+                        let parse = message(b'P', &[&n, after_name]).freeze();
+                        msgs.unsplit(message(b'B', &[b"\0", &n, tail]));
+                        LaneRead {
+                            key: hash(server_name.as_bytes()),
+                            ensure: Some((server_name, parse)),
+                            msgs: BytesMut::new(),
+                            shape: super::lanes::Shape::Renamed,
+                            analysis: p.analysis.clone(),
+                        }
+                    } else {
+                        let s = self.0.as_ref()?.map.get(stmt)?;
+                        let mut n = s.server_name.as_bytes().to_vec();
+                        n.push(0);
+                        msgs.unsplit(message(b'B', &[b"\0", &n, tail]));
+                        LaneRead {
+                            ensure: Some((s.server_name.clone(), s.parse.clone())),
+                            msgs: BytesMut::new(),
+                            shape: super::lanes::Shape::AsSent,
+                            analysis: s.analysis.clone(),
+                            key: hash(s.server_name.as_bytes()),
+                        }
+                    });
+                }
+                b'D' if read.is_some() && !executed && body == b"P\0" => {
+                    msgs.extend_from_slice(frame);
+                }
+                b'E' if read.is_some() && !executed && cstr(body)?.0.is_empty() => {
+                    executed = true;
+                    msgs.extend_from_slice(frame);
+                }
+                b'S' if executed && rest.is_empty() => {
+                    let mut read = read?;
+                    read.msgs = msgs;
+                    if let Some(p) = parsed {
+                        // The client's unnamed statement, for a later Bind that lands on
+                        // a server connection without it.
+                        let s = self.0.get_or_insert_with(Box::default);
+                        s.unnamed = Some(p);
+                        s.unnamed_ready = false;
+                    }
+                    return Some(read);
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+}
+
+fn hash(b: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
 impl Statements {
     /// Re-sends the unnamed statement when the attached server has not seen it.
     fn ensure_unnamed(&mut self, pipeline: &mut Pipeline, to_server: &mut BytesMut) {

@@ -9,3 +9,4 @@ pub const INVALID_AUTHORIZATION: &str = "28000";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const QUERY_CANCELED: &str = "57014";

@@ -31,6 +31,11 @@ impl Balancer {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Moves the rotation on, for a request whose node was picked with `Draw::Same`.
+    pub fn advance(&self) {
+        self.next.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Picks one candidate (`draw` is a parameter so the choice is testable).
     pub fn pick<'a>(
         &self,

@@ -29,6 +29,8 @@ pub struct NodeRuntime {
     rtt_us: AtomicU64,
     /// The lag is measured and current (false until the first sample and after a failure).
     lag_known: AtomicBool,
+    /// When (µs on the caller's clock) a read last found another query running here.
+    busy_at_us: AtomicU64,
 }
 
 /// What the lag monitor measured on one node.
@@ -54,6 +56,17 @@ impl NodeRuntime {
 
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node runs another query now or did within `window_us` of `now_us`;
+    /// a read that finds it busy says so for the reads after it.
+    pub fn recently_busy(&self, now_us: u64, window_us: u64) -> bool {
+        if self.outstanding() > 0 {
+            self.busy_at_us.store(now_us, Ordering::Relaxed);
+            return true;
+        }
+        now_us.saturating_sub(self.busy_at_us.load(Ordering::Relaxed)) <= window_us
+            && self.busy_at_us.load(Ordering::Relaxed) != 0
     }
 
     pub fn begin_query(&self) {

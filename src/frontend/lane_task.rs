@@ -1,0 +1,300 @@
+//! The task that owns one shared read lane's server connection: it writes the reads
+//! queued for the lane as they come (up to MAX_IN_FLIGHT unanswered), each ending with
+//! its own Sync, and hands every reply back to its client in order, with what the lane
+//! itself added (a Parse the connection lacked, a Close of a statement evicted or gone
+//! stale, the Bind of a lifted simple Query) taken out, and what the client's own
+//! messages would have had (the ParseComplete of an unnamed Parse run as a named
+//! statement) put in.
+
+use super::auto_prepare;
+use super::lanes::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
+use super::session::{give_back, Server};
+use crate::backend::prepared::PreparedSet;
+use crate::protocol::messages;
+use crate::topology::Node;
+use bytes::{BufMut, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests written and not yet answered, at most: PostgreSQL reads them in one go.
+const MAX_IN_FLIGHT: usize = 32;
+/// A lane idle this long gives its server connection back to the pool.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// One request written to the server, and what is owed of its reply.
+struct Flight {
+    req: LaneRequest,
+    /// None once its session was told to serve it the usual way (see `release`): its
+    /// reply, when it comes, is dropped.
+    reply: Option<oneshot::Sender<LaneReply>>,
+    out: BytesMut,
+    /// CloseCompletes of the lane's own Closes, to hide, before the request's replies.
+    closes: usize,
+    /// A Parse the lane sent (the connection lacked the statement): its ParseComplete is
+    /// hidden, and if it fails the statement does not exist.
+    parse: Option<Arc<str>>,
+    bound: bool,
+    /// The lane's form of the request failed before it ran: its session runs it as sent.
+    fall_back: bool,
+}
+
+/// The lane's side of its server connection.
+struct Wire {
+    in_flight: VecDeque<Flight>,
+    to_server: BytesMut,
+    /// Statements gone stale, closed with the next request written.
+    stale: Vec<Arc<str>>,
+    /// When the request at the head of `in_flight` started running on the server.
+    head_since: Instant,
+    /// The head has run longer than `slow_after`: the reads behind it were handed back,
+    /// and new ones are, until it ends.
+    stalled: bool,
+}
+
+pub(super) async fn run(
+    lanes: Arc<Lanes>,
+    node: Arc<Node>,
+    settings: u64,
+    state: Arc<LaneState>,
+    mut server: Server,
+    mut rx: mpsc::Receiver<LaneRequest>,
+) {
+    let mut wire = Wire {
+        in_flight: VecDeque::new(),
+        to_server: BytesMut::new(),
+        stale: Vec::new(),
+        head_since: Instant::now(),
+        stalled: false,
+    };
+    let ok = serve(&lanes, &node, &state, &mut server, &mut rx, &mut wire).await;
+    // Requests still queued or in flight get no reply: their sessions serve them the
+    // usual way (nothing has reached their clients).
+    for _ in &wire.in_flight {
+        node.runtime.end_query();
+    }
+    lanes.close(&node.name, settings);
+    drop(rx);
+    // A stale statement not yet closed would clash with the next Parse of its name.
+    if !ok || !wire.stale.is_empty() {
+        server.broken = true;
+    }
+    give_back(server);
+}
+
+/// Returns false when the server failed, true when the lane went idle.
+async fn serve(
+    lanes: &Lanes,
+    node: &Node,
+    state: &LaneState,
+    server: &mut Server,
+    rx: &mut mpsc::Receiver<LaneRequest>,
+    wire: &mut Wire,
+) -> bool {
+    loop {
+        tokio::select! {
+            biased;
+            r = server.io.read_frame(), if !wire.in_flight.is_empty() => {
+                let Ok(Some(frame)) = r else { return false };
+                if frame.tag == b'Z' {
+                    let flight = wire.in_flight.pop_front().expect("a reply is owed");
+                    node.runtime.end_query();
+                    let now = Instant::now();
+                    if now - wire.head_since >= lanes.slow_after() {
+                        lanes.mark_slow(flight.req.key);
+                    }
+                    wire.head_since = now;
+                    wire.stalled = false;
+                    lanes.set_head_since(state, (!wire.in_flight.is_empty()).then_some(now));
+                    finish(lanes, flight);
+                } else if let Some(flight) = wire.in_flight.front_mut() {
+                    on_server(flight, frame.tag, frame.data, &mut server.prepared, &mut wire.stale);
+                }
+            }
+            r = rx.recv(), if wire.in_flight.len() < MAX_IN_FLIGHT => {
+                let Some(first) = r else { return true };
+                if wire.in_flight.is_empty() {
+                    wire.head_since = Instant::now();
+                    lanes.set_head_since(state, Some(wire.head_since));
+                }
+                let mut next = Some(first);
+                while let Some(req) = next {
+                    if wire.stalled {
+                        // Not written: it would only wait behind the slow read.
+                        if let Some(reply) = req.reply {
+                            let _ = reply.send(LaneReply::FallBack);
+                            metrics::counter!("pgwarden_lane_handbacks_total").increment(1);
+                        }
+                        next = rx.try_recv().ok();
+                        continue;
+                    }
+                    node.runtime.begin_query();
+                    let flight = write(req, &mut server.prepared, &mut wire.stale, &mut wire.to_server);
+                    wire.in_flight.push_back(flight);
+                    next = if wire.in_flight.len() < MAX_IN_FLIGHT { rx.try_recv().ok() } else { None };
+                }
+            }
+            _ = tokio::time::sleep_until((wire.head_since + lanes.slow_after()).into()),
+                if wire.in_flight.len() > 1 && !wire.stalled => {
+                wire.stalled = true;
+                release(&mut wire.in_flight);
+            }
+            _ = tokio::time::sleep(IDLE), if wire.in_flight.is_empty() => return true,
+        }
+        if !wire.to_server.is_empty() {
+            if server.io.write_all(&wire.to_server).await.is_err()
+                || server.io.flush().await.is_err()
+            {
+                return false;
+            }
+            wire.to_server.clear();
+        }
+    }
+}
+
+/// The read at the head runs long: the reads behind it are handed back to their
+/// sessions, which serve them the usual way at once. They have no effect to undo, so
+/// running them twice (once more here, later) harms nobody; their replies are dropped.
+fn release(in_flight: &mut VecDeque<Flight>) {
+    for f in in_flight.iter_mut().skip(1) {
+        if let Some(reply) = f.reply.take() {
+            let _ = reply.send(LaneReply::FallBack);
+            metrics::counter!("pgwarden_lane_handbacks_total").increment(1);
+        }
+    }
+}
+
+/// Queues one request for the server: Closes of evicted or stale statements, the Parse
+/// of the statement it needs if the connection lacks it, its own messages, Sync.
+fn write(
+    mut req: LaneRequest,
+    prepared: &mut PreparedSet,
+    stale: &mut Vec<Arc<str>>,
+    to_server: &mut BytesMut,
+) -> Flight {
+    let mut closes = 0;
+    for name in stale.drain(..) {
+        put_close(to_server, &name);
+        closes += 1;
+    }
+    let mut parse = None;
+    if let Some(name) = req.ensure.name() {
+        if !prepared.touch(name) {
+            let name: Arc<str> = name.into();
+            if let Some(evicted) = prepared.insert(name.clone()) {
+                put_close(to_server, &evicted);
+                closes += 1;
+            }
+            req.ensure.put_parse(to_server);
+            parse = Some(name);
+        }
+    }
+    to_server.extend_from_slice(&req.msgs);
+    to_server.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+    let mut out = BytesMut::new();
+    if req.shape == Shape::Renamed {
+        // The client's Parse: the statement exists (or was just created) under its name.
+        out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+    }
+    Flight {
+        reply: req.reply.take(),
+        req,
+        out,
+        closes,
+        parse,
+        bound: false,
+        fall_back: false,
+    }
+}
+
+fn put_close(to_server: &mut BytesMut, name: &str) {
+    to_server.put_u8(b'C');
+    to_server.put_u32(4 + 1 + name.len() as u32 + 1);
+    to_server.put_u8(b'S');
+    to_server.put_slice(name.as_bytes());
+    to_server.put_u8(0);
+}
+
+/// Accounts for one server message of the request at the head; what the client would
+/// not have seen from PostgreSQL itself is left out of its reply.
+fn on_server(
+    f: &mut Flight,
+    tag: u8,
+    data: BytesMut,
+    prepared: &mut PreparedSet,
+    stale: &mut Vec<Arc<str>>,
+) {
+    let lifted = f.req.shape == Shape::Lifted;
+    let forward = match tag {
+        b'3' if f.closes > 0 => {
+            f.closes -= 1;
+            false
+        }
+        b'1' if f.parse.is_some() => {
+            f.parse = None;
+            false
+        }
+        b'2' => {
+            f.bound = true;
+            !lifted
+        }
+        b'n' => !lifted,
+        b'E' => {
+            let code = messages::error_fields(&data[5..]).0;
+            let early =
+                f.req.shape.may_fall_back() && !f.bound && auto_prepare::may_fall_back(&code);
+            if let Some(name) = f.parse.take() {
+                // The lane's Parse failed: the statement was never created.
+                prepared.remove(&name);
+            } else if early {
+                // The statement went stale (a table change): closed with the next
+                // request, so the next use prepares it anew.
+                if let Some(name) = f.req.ensure.name() {
+                    prepared.remove(name);
+                    stale.push(name.into());
+                }
+            }
+            f.fall_back = early;
+            !early
+        }
+        _ => true,
+    };
+    if forward && !f.fall_back {
+        f.out.unsplit(data);
+    }
+}
+
+/// The request's ReadyForQuery came: its client gets its reply, or runs it as sent.
+fn finish(lanes: &Lanes, mut f: Flight) {
+    let Some(to) = f.reply.take() else { return };
+    let reply = if f.fall_back {
+        LaneReply::FallBack
+    } else {
+        // Autocommit reads: the client is idle again, as PostgreSQL would say.
+        f.out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        lanes.count_served();
+        LaneReply::Done(f.out)
+    };
+    let _ = to.send(reply);
+}
+
+impl Ensure {
+    /// The server statement the request needs.
+    fn name(&self) -> Option<&str> {
+        match self {
+            Ensure::Lifted { name, .. } => Some(name),
+            Ensure::Named { name, .. } => Some(name),
+            Ensure::Nothing => None,
+        }
+    }
+
+    /// Writes the Parse that creates it.
+    fn put_parse(&self, to_server: &mut BytesMut) {
+        match self {
+            Ensure::Lifted { name, lifted } => auto_prepare::put_parse(name, lifted, to_server),
+            Ensure::Named { parse, .. } => to_server.extend_from_slice(parse),
+            Ensure::Nothing => {}
+        }
+    }
+}
