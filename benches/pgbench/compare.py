@@ -50,12 +50,14 @@ EXTRA_PATHS = [
     Path("pgwarden-nocapture", "pgwarden", {"consistency": {"capture_commits": False}}),
     # What running simple Queries as server-side prepared statements brings.
     Path("pgwarden-noprepare", "pgwarden", {"pool": {"auto_prepare": False}}),
-    # Shared read lanes (opt-in).
-    Path("pgwarden-multiplex", "pgwarden", {"pool": {"multiplex_reads": True}}),
+    # Without shared read lanes (on by default, in auto mode).
+    Path("pgwarden-nolanes", "pgwarden", {"pool": {"multiplex_reads": "off"}}),
+    # Lanes for every read, not only while the replica is busy.
+    Path("pgwarden-lanes-always", "pgwarden", {"pool": {"multiplex_reads": "always"}}),
 ]
 RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("pgwarden", "pgwarden-nocapture"),
-          ("pgwarden", "pgwarden-noprepare"), ("pgwarden-multiplex", "direct"),
-          ("pgwarden-multiplex", "pgbouncer")]
+          ("pgwarden", "pgwarden-noprepare"), ("pgwarden", "pgwarden-nolanes"),
+          ("pgwarden-lanes-always", "pgbouncer")]
 
 
 @dataclass(frozen=True)
