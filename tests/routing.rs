@@ -367,6 +367,24 @@ async fn pinning_cases_keep_their_session_state() {
         .get(0);
     assert!(unlocked);
 
+    // set_config(..., false): the setting stays with its client, and with nobody else.
+    let s = env.connect().await;
+    s.batch_execute("select set_config('myapp.tenant', 'pinned', false)")
+        .await
+        .unwrap();
+    for c in [&s, &env.connect().await] {
+        let v: String = c
+            .query_one(
+                "select coalesce(current_setting('myapp.tenant', true), '')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let want = if std::ptr::eq(c, &s) { "pinned" } else { "" };
+        assert_eq!(v, want);
+    }
+
     // WITH HOLD cursor survives the transaction that declared it.
     let h = env.connect().await;
     h.batch_execute(

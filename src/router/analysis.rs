@@ -137,6 +137,8 @@ pub enum PinReason {
     WithHoldCursor,
     SqlPrepare,
     SetRole,
+    /// `set_config(name, value, false)` is a SET the proxy cannot see the value of.
+    SetConfig,
 }
 
 /// A SET or RESET of a run-time parameter. Names are lower-cased (PostgreSQL matches them

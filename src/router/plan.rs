@@ -319,6 +319,10 @@ mod tests {
             ("select pg_advisory_lock(1)", PinReason::AdvisoryLock),
             ("create temp table tt (a int)", PinReason::TempTable),
             ("prepare p as select 1", PinReason::SqlPrepare),
+            (
+                "select set_config('search_path', 'x', false)",
+                PinReason::SetConfig,
+            ),
         ] {
             let p = route_of(sql);
             assert_eq!((p.route, p.pin), (Route::Primary, Some(pin)), "{sql}");

@@ -122,10 +122,22 @@ pub(super) fn effect(name: &str, extra: &[String]) -> FunctionEffect {
         || extra
             .iter()
             .any(|f| last_part(f).eq_ignore_ascii_case(name));
+    let pin = if in_list(name, SESSION_LOCKS) {
+        Some(PinReason::AdvisoryLock)
+    } else if name.eq_ignore_ascii_case("set_config") {
+        // Session state set by a function call: it cannot follow the client to another
+        // server connection, and on a shared one it would reach other clients.
+        Some(PinReason::SetConfig)
+    } else {
+        None
+    };
     FunctionEffect {
         writing,
-        volatile: writing || in_list(name, VOLATILE) || has_prefix(name, VOLATILE_PREFIXES),
-        pin: in_list(name, SESSION_LOCKS).then_some(PinReason::AdvisoryLock),
+        volatile: writing
+            || pin.is_some()
+            || in_list(name, VOLATILE)
+            || has_prefix(name, VOLATILE_PREFIXES),
+        pin,
     }
 }
 
@@ -145,6 +157,8 @@ mod tests {
             Some(PinReason::AdvisoryLock)
         );
         assert_eq!(effect("pg_advisory_xact_lock", none).pin, None);
+        assert_eq!(effect("SET_CONFIG", none).pin, Some(PinReason::SetConfig));
+        assert!(effect("set_config", none).volatile);
         assert!(effect("pg_advisory_xact_lock", none).writing);
         assert!(effect("uuid_generate_v4", none).volatile);
         assert!(!effect("uuid_generate_v4", none).writing);

@@ -169,6 +169,7 @@ fn cases() -> Vec<(&'static str, Vec<StatementInfo>, bool)> {
         ("SELECT pg_try_advisory_lock(1, 2)", vec![st(K::Select).wfn().pin(P::AdvisoryLock)], true),
         ("SELECT * FROM pg_try_advisory_lock(1)", vec![st(K::Select).wfn().pin(P::AdvisoryLock)], true),
         ("SELECT pg_advisory_xact_lock(1)", vec![st(K::Select).wfn()], true),
+        ("SELECT set_config('search_path', 'x', false)", vec![st(K::Select).vol().pin(P::SetConfig)], false),
         ("SELECT lo_import('/tmp/x')", vec![st(K::Select).wfn()], true),
         ("SELECT pg_notify('chan', 'x')", vec![st(K::Select).wfn()], true),
         ("SELECT audit_write(id) FROM t", vec![st(K::Select).r(&["t"]).wfn()], true),
