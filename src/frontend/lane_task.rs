@@ -10,7 +10,7 @@ use super::auto_prepare;
 use super::lanes::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
 use super::session::{give_back, Server};
 use crate::backend::prepared::PreparedSet;
-use crate::protocol::messages;
+use crate::protocol::{messages, Frame};
 use crate::topology::Node;
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
@@ -92,24 +92,32 @@ async fn serve(
     rx: &mut mpsc::Receiver<LaneRequest>,
     wire: &mut Wire,
 ) -> bool {
+    // One timer, moved only when its meaning changes: the idle deadline while nothing
+    // is in flight, the head's slow deadline while reads wait behind it.
+    let mut deadline = Instant::now() + IDLE;
+    let timer = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(timer);
     loop {
+        let wanted = if wire.in_flight.is_empty() {
+            Some(wire.head_since + IDLE)
+        } else if wire.in_flight.len() > 1 && !wire.stalled {
+            Some(wire.head_since + lanes.slow_after())
+        } else {
+            None
+        };
+        if let Some(w) = wanted.filter(|w| *w != deadline) {
+            deadline = w;
+            timer.as_mut().reset(w.into());
+        }
         tokio::select! {
             biased;
             r = server.io.read_frame(), if !wire.in_flight.is_empty() => {
                 let Ok(Some(frame)) = r else { return false };
-                if frame.tag == b'Z' {
-                    let flight = wire.in_flight.pop_front().expect("a reply is owed");
-                    node.runtime.end_query();
-                    let now = Instant::now();
-                    if now - wire.head_since >= lanes.slow_after() {
-                        lanes.mark_slow(flight.req.key);
-                    }
-                    wire.head_since = now;
-                    wire.stalled = false;
-                    lanes.set_head_since(state, (!wire.in_flight.is_empty()).then_some(now));
-                    finish(lanes, flight);
-                } else if let Some(flight) = wire.in_flight.front_mut() {
-                    on_server(flight, frame.tag, frame.data, &mut server.prepared, &mut wire.stale);
+                on_frame(lanes, node, state, server, wire, frame);
+                // Whatever else the server sent in the same read, before looking again.
+                while server.io.has_buffered_frame() && !wire.in_flight.is_empty() {
+                    let Ok(Some(frame)) = server.io.read_frame().await else { return false };
+                    on_frame(lanes, node, state, server, wire, frame);
                 }
             }
             r = rx.recv(), if wire.in_flight.len() < MAX_IN_FLIGHT => {
@@ -135,12 +143,13 @@ async fn serve(
                     next = if wire.in_flight.len() < MAX_IN_FLIGHT { rx.try_recv().ok() } else { None };
                 }
             }
-            _ = tokio::time::sleep_until((wire.head_since + lanes.slow_after()).into()),
-                if wire.in_flight.len() > 1 && !wire.stalled => {
+            _ = &mut timer, if wanted.is_some() => {
+                if wire.in_flight.is_empty() {
+                    return true;
+                }
                 wire.stalled = true;
                 release(&mut wire.in_flight);
             }
-            _ = tokio::time::sleep(IDLE), if wire.in_flight.is_empty() => return true,
         }
         if !wire.to_server.is_empty() {
             if server.io.write_all(&wire.to_server).await.is_err()
@@ -151,6 +160,41 @@ async fn serve(
             wire.to_server.clear();
         }
     }
+}
+
+/// One message from the server, for the read at the head; its ReadyForQuery ends it.
+fn on_frame(
+    lanes: &Lanes,
+    node: &Node,
+    state: &LaneState,
+    server: &mut Server,
+    wire: &mut Wire,
+    frame: Frame,
+) {
+    if frame.tag != b'Z' {
+        if let Some(flight) = wire.in_flight.front_mut() {
+            on_server(
+                flight,
+                frame.tag,
+                frame.data,
+                &mut server.prepared,
+                &mut wire.stale,
+            );
+        }
+        return;
+    }
+    let Some(flight) = wire.in_flight.pop_front() else {
+        return;
+    };
+    node.runtime.end_query();
+    let now = Instant::now();
+    if now - wire.head_since >= lanes.slow_after() {
+        lanes.mark_slow(flight.req.key);
+    }
+    wire.head_since = now;
+    wire.stalled = false;
+    lanes.set_head_since(state, (!wire.in_flight.is_empty()).then_some(now));
+    finish(lanes, flight);
 }
 
 /// The read at the head runs long: the reads behind it are handed back to their

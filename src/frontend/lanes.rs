@@ -20,7 +20,7 @@ use crate::topology::{Node, ReadNeed};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -110,6 +110,8 @@ pub struct Lanes {
     map: Mutex<Vec<Lane>>,
     /// Statements that ran longer than `slow_after` on a lane, and when.
     slow: Mutex<HashMap<u64, Instant>>,
+    /// How many `slow` holds: while none, reads do not take its lock.
+    slow_len: AtomicUsize,
     slow_after: Duration,
     epoch: Instant,
     /// Reads answered on a lane so far.
@@ -140,6 +142,7 @@ impl Lanes {
         Lanes {
             map: Mutex::default(),
             slow: Mutex::default(),
+            slow_len: AtomicUsize::new(0),
             slow_after,
             epoch: Instant::now(),
             served: AtomicU64::new(0),
@@ -242,18 +245,21 @@ impl Lanes {
                 key,
                 "statement kept off shared read lanes: it ran slow on one"
             );
+            metrics::counter!("pgwarden_lane_slow_statements_total").increment(1);
         }
+        self.slow_len.store(slow.len(), Ordering::Relaxed);
     }
 
     fn is_slow(&self, key: u64) -> bool {
-        let mut slow = self.slow.lock().expect("slow statements lock");
-        if slow.is_empty() {
+        if self.slow_len.load(Ordering::Relaxed) == 0 {
             return false;
         }
+        let mut slow = self.slow.lock().expect("slow statements lock");
         match slow.get(&key) {
             Some(since) if since.elapsed() < SLOW_MEMORY => true,
             Some(_) => {
                 slow.remove(&key);
+                self.slow_len.store(slow.len(), Ordering::Relaxed);
                 false
             }
             None => false,
