@@ -14,6 +14,7 @@ use crate::protocol::{messages, Frame};
 use crate::topology::Node;
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -48,8 +49,12 @@ struct Wire {
     stale: Vec<Arc<str>>,
     /// When the request at the head of `in_flight` started running on the server.
     head_since: Instant,
-    /// The head has run longer than `slow_after`: the reads behind it were handed back,
-    /// and new ones are, until it ends.
+    /// How long a read usually takes here (moving average, µs): a read is slow when it
+    /// takes `slow_after` and ten times that. Under overload every read slows down, so
+    /// none stands out and none is sent off the lanes for it.
+    usual_us: u64,
+    /// The head is slow: the reads behind it were handed back, and new ones are, until
+    /// it ends.
     stalled: bool,
 }
 
@@ -66,6 +71,7 @@ pub(super) async fn run(
         to_server: BytesMut::new(),
         stale: Vec::new(),
         head_since: Instant::now(),
+        usual_us: 0,
         stalled: false,
     };
     let ok = serve(&lanes, &node, &state, &mut server, &mut rx, &mut wire).await;
@@ -101,7 +107,7 @@ async fn serve(
         let wanted = if wire.in_flight.is_empty() {
             Some(wire.head_since + IDLE)
         } else if wire.in_flight.len() > 1 && !wire.stalled {
-            Some(wire.head_since + lanes.slow_after())
+            Some(wire.head_since + wire.slow_after(lanes))
         } else {
             None
         };
@@ -124,7 +130,6 @@ async fn serve(
                 let Some(first) = r else { return true };
                 if wire.in_flight.is_empty() {
                     wire.head_since = Instant::now();
-                    lanes.set_head_since(state, Some(wire.head_since));
                 }
                 let mut next = Some(first);
                 while let Some(req) = next {
@@ -147,7 +152,10 @@ async fn serve(
                 if wire.in_flight.is_empty() {
                     return true;
                 }
+                // Nothing came from the server by the deadline (replies waiting to be
+                // read win the select): the head is still running there.
                 wire.stalled = true;
+                state.stalled.store(true, Ordering::Relaxed);
                 release(&mut wire.in_flight);
             }
         }
@@ -188,13 +196,41 @@ fn on_frame(
     };
     node.runtime.end_query();
     let now = Instant::now();
-    if now - wire.head_since >= lanes.slow_after() {
+    let took = now - wire.head_since;
+    let slow = wire.slow_after(lanes);
+    if took >= slow {
         lanes.mark_slow(flight.req.key);
     }
+    wire.usual_us = fold_usual(wire.usual_us, took, slow);
     wire.head_since = now;
-    wire.stalled = false;
-    lanes.set_head_since(state, (!wire.in_flight.is_empty()).then_some(now));
+    if wire.stalled {
+        wire.stalled = false;
+        state.stalled.store(false, Ordering::Relaxed);
+    }
     finish(lanes, flight);
+}
+
+impl Wire {
+    /// How long the head may run before it counts as slow.
+    fn slow_after(&self, lanes: &Lanes) -> Duration {
+        slow_threshold(lanes.slow_after(), self.usual_us)
+    }
+}
+
+/// A read is slow past `base` and ten times what reads usually take.
+fn slow_threshold(base: Duration, usual_us: u64) -> Duration {
+    base.max(Duration::from_micros(usual_us.saturating_mul(10)))
+}
+
+/// The moving average of read times with one more read. A slow read counts at the
+/// threshold: one long report does not make the next one look usual.
+fn fold_usual(usual_us: u64, took: Duration, threshold: Duration) -> u64 {
+    let sample = took.min(threshold).as_micros() as u64;
+    if usual_us == 0 {
+        sample
+    } else {
+        (usual_us * 7 + sample) / 8
+    }
 }
 
 /// The read at the head runs long: the reads behind it are handed back to their
@@ -223,16 +259,15 @@ fn write(
         closes += 1;
     }
     let mut parse = None;
-    if let Some(name) = req.ensure.name() {
-        if !prepared.touch(name) {
-            let name: Arc<str> = name.into();
-            if let Some(evicted) = prepared.insert(name.clone()) {
-                put_close(to_server, &evicted);
-                closes += 1;
-            }
-            req.ensure.put_parse(to_server);
-            parse = Some(name);
+    let name = req.ensure.name();
+    if !prepared.touch(name) {
+        let name: Arc<str> = name.into();
+        if let Some(evicted) = prepared.insert(name.clone()) {
+            put_close(to_server, &evicted);
+            closes += 1;
         }
+        req.ensure.put_parse(to_server);
+        parse = Some(name);
     }
     to_server.extend_from_slice(&req.msgs);
     to_server.extend_from_slice(&[b'S', 0, 0, 0, 4]);
@@ -294,10 +329,9 @@ fn on_server(
             } else if early {
                 // The statement went stale (a table change): closed with the next
                 // request, so the next use prepares it anew.
-                if let Some(name) = f.req.ensure.name() {
-                    prepared.remove(name);
-                    stale.push(name.into());
-                }
+                let name = f.req.ensure.name();
+                prepared.remove(name);
+                stale.push(name.into());
             }
             f.fall_back = early;
             !early
@@ -325,11 +359,10 @@ fn finish(lanes: &Lanes, mut f: Flight) {
 
 impl Ensure {
     /// The server statement the request needs.
-    fn name(&self) -> Option<&str> {
+    fn name(&self) -> &str {
         match self {
-            Ensure::Lifted { name, .. } => Some(name),
-            Ensure::Named { name, .. } => Some(name),
-            Ensure::Nothing => None,
+            Ensure::Lifted { name, .. } => name,
+            Ensure::Named { name, .. } => name,
         }
     }
 
@@ -338,7 +371,36 @@ impl Ensure {
         match self {
             Ensure::Lifted { name, lifted } => auto_prepare::put_parse(name, lifted, to_server),
             Ensure::Named { parse, .. } => to_server.extend_from_slice(parse),
-            Ensure::Nothing => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_is_slow_only_against_what_is_usual_on_its_lane() {
+        let base = Duration::from_millis(20);
+        let ms = Duration::from_millis;
+        // Quick reads (~100 µs): 20 ms is slow.
+        let mut usual = 0;
+        for _ in 0..50 {
+            usual = fold_usual(
+                usual,
+                Duration::from_micros(100),
+                slow_threshold(base, usual),
+            );
+        }
+        assert_eq!(slow_threshold(base, usual), base);
+        // A 3 s report counts at the threshold: the reads after it are judged as before.
+        usual = fold_usual(usual, ms(3000), slow_threshold(base, usual));
+        assert!(slow_threshold(base, usual) <= ms(30), "{usual}");
+        // Overload: every read takes ~5 ms; then only ten times that is slow.
+        for _ in 0..50 {
+            usual = fold_usual(usual, ms(5), slow_threshold(base, usual));
+        }
+        let t = slow_threshold(base, usual);
+        assert!(t >= ms(45) && t <= ms(50), "{t:?}");
     }
 }

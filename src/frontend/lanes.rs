@@ -1,9 +1,10 @@
 //! Shared read lanes (`pool.multiplex_reads`): autocommit reads on a replica are queued
 //! per (replica, session settings) and written, several clients' at a time and without
 //! waiting for earlier replies, on the lane's one server connection (see lane_task).
-//! PostgreSQL then reads many queries per wakeup and never waits on the proxy between
-//! them. A lane is only worth it when reads overlap, so by default a read takes one only
-//! while the replica is already busy; statements seen slow on a lane stay off lanes.
+//! One busy backend per replica then serves many clients, never waiting on the proxy
+//! between their reads, and under load reads several per wakeup. A lane is only worth
+//! it when reads overlap, so by default a read takes one only while the replica is
+//! already busy; statements seen slow on a lane stay off lanes.
 
 use super::auto_prepare;
 use super::cancel::CancelTarget;
@@ -20,7 +21,7 @@ use crate::topology::{Node, ReadNeed};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -39,8 +40,6 @@ const SLOW_MEMORY: Duration = Duration::from_secs(60);
 
 /// The statement a lane's server must have before it runs a request.
 pub(super) enum Ensure {
-    /// An unnamed statement parsed in the request itself.
-    Nothing,
     /// A simple Query's lifted form (see auto_prepare).
     Lifted {
         name: auto_prepare::Name,
@@ -93,9 +92,9 @@ pub(super) enum LaneReply {
 
 /// What sessions see of a running lane.
 pub(super) struct LaneState {
-    /// Microseconds since `Lanes::epoch` when the read at the head of the lane started
-    /// running on the server; 0 while nothing is in flight.
-    head_since_us: AtomicU64,
+    /// The read at the head has run long (see lane_task): new reads keep off the lane
+    /// until it ends.
+    pub stalled: AtomicBool,
 }
 
 struct Lane {
@@ -182,7 +181,7 @@ impl Lanes {
             return (l.tx.clone(), l.state.clone());
         }
         let state = Arc::new(LaneState {
-            head_since_us: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
         });
         map.push(Lane {
             node: node.name.clone(),
@@ -233,8 +232,8 @@ impl Lanes {
         self.slow_after
     }
 
-    /// A statement ran longer than `slow_after` on a lane: from now on it runs the
-    /// usual way, where it delays nobody else's read.
+    /// A statement ran long on a lane (see lane_task): from now on it runs the usual
+    /// way, where it delays nobody else's read.
     pub(super) fn mark_slow(&self, key: u64) {
         let mut slow = self.slow.lock().expect("slow statements lock");
         if slow.len() >= MAX_SLOW {
@@ -269,19 +268,6 @@ impl Lanes {
     /// Statements kept off lanes so far (for tests and the console).
     pub fn slow_statements(&self) -> usize {
         self.slow.lock().expect("slow statements lock").len()
-    }
-
-    /// The lane task's note of when its head read started (None: nothing in flight).
-    pub(super) fn set_head_since(&self, state: &LaneState, since: Option<Instant>) {
-        let us = since.map_or(0, |t| (t - self.epoch).as_micros() as u64 + 1);
-        state.head_since_us.store(us, Ordering::Relaxed);
-    }
-
-    /// The read at the head of the lane has run longer than `slow_after`: whatever it
-    /// is, new reads do not queue behind it.
-    fn stalled(&self, state: &LaneState) -> bool {
-        let since = state.head_since_us.load(Ordering::Relaxed);
-        since != 0 && self.now_us().saturating_sub(since) > self.slow_after.as_micros() as u64
     }
 }
 
@@ -353,7 +339,7 @@ impl Session {
                 shared.lanes.open(&node, settings, server)
             }
         };
-        if shared.lanes.stalled(&state) {
+        if state.stalled.load(Ordering::Relaxed) {
             return None;
         }
         let (request, rx) = request;
@@ -403,11 +389,9 @@ impl Session {
                 if !lane_eligible(&read.analysis) {
                     return None;
                 }
+                let (name, parse) = read.ensure;
                 LaneRequest {
-                    ensure: match read.ensure {
-                        Some((name, parse)) => Ensure::Named { name, parse },
-                        None => Ensure::Nothing,
-                    },
+                    ensure: Ensure::Named { name, parse },
                     msgs: read.msgs,
                     shape: read.shape,
                     key: read.key,

@@ -145,7 +145,7 @@ impl ClientStatements {
 /// An extended-protocol read a shared lane can run: the statement it needs on the
 /// lane's server, its messages (statement renamed) up to its Sync, and what it runs.
 pub(super) struct LaneRead {
-    pub ensure: Option<(Arc<str>, Bytes)>,
+    pub ensure: (Arc<str>, Bytes),
     pub msgs: BytesMut,
     pub shape: super::lanes::Shape,
     pub analysis: Arc<Analysis>,
@@ -204,7 +204,7 @@ impl ClientStatements {
                         msgs.unsplit(message(b'B', &[b"\0", &n, tail]));
                         LaneRead {
                             key: hash(server_name.as_bytes()),
-                            ensure: Some((server_name, parse)),
+                            ensure: (server_name, parse),
                             msgs: BytesMut::new(),
                             shape: super::lanes::Shape::Renamed,
                             analysis: p.analysis.clone(),
@@ -215,7 +215,7 @@ impl ClientStatements {
                         n.push(0);
                         msgs.unsplit(message(b'B', &[b"\0", &n, tail]));
                         LaneRead {
-                            ensure: Some((s.server_name.clone(), s.parse.clone())),
+                            ensure: (s.server_name.clone(), s.parse.clone()),
                             msgs: BytesMut::new(),
                             shape: super::lanes::Shape::AsSent,
                             analysis: s.analysis.clone(),
