@@ -69,24 +69,30 @@ async fn value(w: &mut Wire, sql: &str) -> String {
     String::from_utf8(row[0].clone().unwrap()).unwrap()
 }
 
+/// `clients` clients at once, each reading `reads` rows of its own by id with simple
+/// Queries and checking every value.
+fn readers(env: &Env, clients: i32, reads: i32) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let port = env.port();
+            tokio::spawn(async move {
+                let mut w = Wire::connect(port, "app", "app", "app", &[]).await;
+                for i in 0..reads {
+                    let id = 1000 + c * 1000 + i;
+                    let sql = format!("select v from items where id = {id}");
+                    assert_eq!(value(&mut w, &sql).await, format!("v{id}"), "client {c}");
+                }
+            })
+        })
+        .collect()
+}
+
 /// Many clients read different rows at once: every reply is the client's own, and
 /// (the same settings, one replica) they share one lane.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_each_get_their_own_rows() {
     let env = start().await;
-    let mut tasks = Vec::new();
-    for c in 0..16 {
-        let port = env.port();
-        tasks.push(tokio::spawn(async move {
-            let mut w = Wire::connect(port, "app", "app", "app", &[]).await;
-            for i in 0..150 {
-                let id = 1000 + c * 1000 + i;
-                let got = value(&mut w, &format!("select v from items where id = {id}")).await;
-                assert_eq!(got, format!("v{id}"), "client {c}");
-            }
-        }));
-    }
-    for t in tasks {
+    for t in readers(&env, 16, 150) {
         t.await.unwrap();
     }
     let lanes = &env.proxy.shared.lanes;
@@ -161,18 +167,7 @@ async fn a_changed_table_is_invisible_through_a_lane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_whose_server_dies_costs_readers_nothing() {
     let env = start().await;
-    let mut tasks = Vec::new();
-    for c in 0..4 {
-        let port = env.port();
-        tasks.push(tokio::spawn(async move {
-            let mut w = Wire::connect(port, "app", "app", "app", &[]).await;
-            for i in 0..400 {
-                let id = 1000 + c * 1000 + i;
-                let got = value(&mut w, &format!("select v from items where id = {id}")).await;
-                assert_eq!(got, format!("v{id}"));
-            }
-        }));
-    }
+    let tasks = readers(&env, 4, 400);
     let replica = &env.cluster.replicas[0];
     let lanes = env.proxy.shared.lanes.clone();
     common::wait_for("reads on a lane", Duration::from_secs(10), || {
@@ -379,19 +374,7 @@ async fn by_default_only_overlapping_reads_take_lanes() {
         0,
         "a lone client took a lane"
     );
-    let mut tasks = Vec::new();
-    for c in 0..8 {
-        let port = env.port();
-        tasks.push(tokio::spawn(async move {
-            let mut w = Wire::connect(port, "app", "app", "app", &[]).await;
-            for i in 0..200 {
-                let id = 1000 + c * 1000 + i;
-                let got = value(&mut w, &format!("select v from items where id = {id}")).await;
-                assert_eq!(got, format!("v{id}"));
-            }
-        }));
-    }
-    for t in tasks {
+    for t in readers(&env, 8, 200) {
         t.await.unwrap();
     }
     assert!(

@@ -23,6 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_IN_FLIGHT: usize = 32;
 /// A lane idle this long gives its server connection back to the pool.
 const IDLE: Duration = Duration::from_secs(10);
+/// Reads a new lane answers before it judges any slow against what is usual there...
+const WARM_UP: u32 = 32;
+/// ...until then, only a read this long is.
+const WARM_UP_SLOW: Duration = Duration::from_secs(1);
 
 /// One request written to the server, and what is owed of its reply.
 struct Flight {
@@ -53,6 +57,8 @@ struct Wire {
     /// takes `slow_after` and ten times that. Under overload every read slows down, so
     /// none stands out and none is sent off the lanes for it.
     usual_us: u64,
+    /// Reads answered so far, up to WARM_UP.
+    answered: u32,
     /// The head is slow: the reads behind it were handed back, and new ones are, until
     /// it ends.
     stalled: bool,
@@ -72,6 +78,7 @@ pub(super) async fn run(
         stale: Vec::new(),
         head_since: Instant::now(),
         usual_us: 0,
+        answered: 0,
         stalled: false,
     };
     let ok = serve(&lanes, &node, &state, &mut server, &mut rx, &mut wire).await;
@@ -202,6 +209,7 @@ fn on_frame(
         lanes.mark_slow(flight.req.key);
     }
     wire.usual_us = fold_usual(wire.usual_us, took, slow);
+    wire.answered = (wire.answered + 1).min(WARM_UP);
     wire.head_since = now;
     if wire.stalled {
         wire.stalled = false;
@@ -213,6 +221,11 @@ fn on_frame(
 impl Wire {
     /// How long the head may run before it counts as slow.
     fn slow_after(&self, lanes: &Lanes) -> Duration {
+        if self.answered < WARM_UP {
+            // A new lane's first reads (new backend, statements to prepare, often a
+            // burst of logins around them) say little about what is usual.
+            return WARM_UP_SLOW;
+        }
         slow_threshold(lanes.slow_after(), self.usual_us)
     }
 }
