@@ -442,3 +442,23 @@ async fn unnamed_statements_on_a_lane_behave_as_sent() {
     }
     assert!(env.proxy.shared.lanes.served() >= 5, "the lane served them");
 }
+
+/// A read whose reply is large is not held by a lane: it runs the usual way (which
+/// streams it) and its statement stays off the lanes; the client gets every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_reply_is_streamed_the_usual_way() {
+    let env = start().await;
+    let client = env.connect().await;
+    let stmt = client
+        .prepare("select id, repeat(v, $1) from items where id <= $2 order by id")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let rows = client.query(&stmt, &[&200i32, &2000i32]).await.unwrap();
+        assert_eq!(rows.len(), 2000);
+        assert_eq!(rows[1999].get::<_, i32>(0), 2000);
+        assert_eq!(rows[1999].get::<_, String>(1), "v2000".repeat(200));
+    }
+    assert_eq!(env.proxy.shared.lanes.slow_statements(), 1);
+    assert_eq!(env.proxy.shared.lanes.served(), 0);
+}

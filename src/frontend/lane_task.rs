@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_IN_FLIGHT: usize = 32;
 /// A lane idle this long gives its server connection back to the pool.
 const IDLE: Duration = Duration::from_secs(10);
+/// A reply larger than this is not held by the lane: the read runs the usual way, which
+/// streams it, and its statement stays off lanes as a slow one does.
+const MAX_REPLY: usize = 256 * 1024;
 /// Reads a new lane answers before it judges any slow against what is usual there...
 const WARM_UP: u32 = 32;
 /// ...until then, only a read this long is.
@@ -41,8 +44,10 @@ struct Flight {
     /// hidden, and if it fails the statement does not exist.
     parse: Option<Arc<str>>,
     bound: bool,
-    /// The lane's form of the request failed before it ran: its session runs it as sent.
+    /// The lane's form of the request failed before it ran, or its reply outgrew
+    /// MAX_REPLY: its session runs it as sent.
     fall_back: bool,
+    too_big: bool,
 }
 
 /// The lane's side of its server connection.
@@ -205,7 +210,7 @@ fn on_frame(
     let now = Instant::now();
     let took = now - wire.head_since;
     let slow = wire.slow_after(lanes);
-    if took >= slow {
+    if took >= slow || flight.too_big {
         lanes.mark_slow(flight.req.key);
     }
     wire.usual_us = fold_usual(wire.usual_us, took, slow);
@@ -297,6 +302,7 @@ fn write(
         parse,
         bound: false,
         fall_back: false,
+        too_big: false,
     }
 }
 
@@ -346,13 +352,19 @@ fn on_server(
                 prepared.remove(name);
                 stale.push(name.into());
             }
-            f.fall_back = early;
+            f.fall_back |= early;
             !early
         }
         _ => true,
     };
     if forward && !f.fall_back {
         f.out.unsplit(data);
+        if f.out.len() > MAX_REPLY {
+            // A lane holds a reply until it is whole; the usual path streams it.
+            f.fall_back = true;
+            f.too_big = true;
+            f.out = BytesMut::new();
+        }
     }
 }
 
