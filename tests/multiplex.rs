@@ -262,16 +262,27 @@ fn sleeping_for(env: &Env, ms: u32) -> bool {
     out.trim() != "0"
 }
 
+/// Every read a lane can take goes to one; a read counts as slow after 300 ms.
+fn slow_after_300_ms(c: &mut Config) {
+    c.pool.multiplex_reads = MultiplexReads::Always;
+    c.pool.multiplex_slow_ms = 300;
+}
+
+/// Waits until a pg_sleep read has been running for `ms` on a server.
+async fn wait_sleeping(env: &Env, what: &str, ms: u32) {
+    common::wait_for(what, Duration::from_secs(20), || {
+        let running = tokio::task::block_in_place(|| sleeping_for(env, ms));
+        async move { running.then_some(()) }
+    })
+    .await;
+}
+
 /// A read that runs long on a lane: reads queued behind it are handed back after
 /// multiplex_slow_ms and served the usual way, later ones go there at once, and
 /// afterwards its statement stays off the lanes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_read_holds_up_no_one_and_leaves_the_lanes() {
-    let env = start_with(|c| {
-        c.pool.multiplex_reads = MultiplexReads::Always;
-        c.pool.multiplex_slow_ms = 300;
-    })
-    .await;
+    let env = start_with(slow_after_300_ms).await;
     let slow = env.connect().await;
     let sql = "select pg_sleep($1), v from items where id = $2";
     let stmt = slow.prepare(sql).await.unwrap();
@@ -282,11 +293,7 @@ async fn a_slow_read_holds_up_no_one_and_leaves_the_lanes() {
         finished.store(true, Ordering::SeqCst);
         (slow, stmt)
     });
-    common::wait_for("the sleeping read running", Duration::from_secs(20), || {
-        let running = tokio::task::block_in_place(|| sleeping_for(&env, 0));
-        async move { running.then_some(()) }
-    })
-    .await;
+    wait_sleeping(&env, "the sleeping read running", 0).await;
     // Another client with the same settings, so the same lane.
     let fast = env.connect().await;
     let read = fast
@@ -316,11 +323,7 @@ async fn a_slow_read_holds_up_no_one_and_leaves_the_lanes() {
 /// nothing to undo), and the client goes on as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_on_a_lane_answers_at_once() {
-    let env = start_with(|c| {
-        c.pool.multiplex_reads = MultiplexReads::Always;
-        c.pool.multiplex_slow_ms = 300;
-    })
-    .await;
+    let env = start_with(slow_after_300_ms).await;
     let client = Arc::new(env.connect().await);
     let stmt = client
         .prepare("select pg_sleep($1), v from items where id = $2")
@@ -329,15 +332,7 @@ async fn a_cancel_on_a_lane_answers_at_once() {
     let c = client.clone();
     let s = stmt.clone();
     let reading = tokio::spawn(async move { c.query_one(&s, &[&600.0f64, &1i32]).await });
-    common::wait_for(
-        "the read running on the replica",
-        Duration::from_secs(20),
-        || {
-            let running = tokio::task::block_in_place(|| sleeping_for(&env, 100));
-            async move { running.then_some(()) }
-        },
-    )
-    .await;
+    wait_sleeping(&env, "the read running on the replica", 100).await;
     client
         .cancel_token()
         .cancel_query(tokio_postgres::NoTls)
