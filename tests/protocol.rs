@@ -1732,6 +1732,38 @@ async fn a_set_committed_after_rollback_to_savepoint_stays_with_its_client() {
     assert_eq!(row[0].as_deref(), Some(&b"s1"[..]));
 }
 
+/// A SET under a savepoint that ROLLBACK TO undoes is gone, as PostgreSQL has it, though
+/// the block commits: the client's next query, wherever it runs, does not see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_undone_by_rollback_to_savepoint_is_gone() {
+    let env = start_pool_of(2).await;
+    let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let mut other = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    w.simple("begin; savepoint a; set myapp.tenant = 's1'")
+        .await;
+    w.simple("rollback to a; commit").await;
+    // The other client holds a connection (the one w used, if w let it go), so w's
+    // next query runs on the pool's other one unless w kept its own.
+    other.simple("begin").await;
+    let row = one_row(
+        &mut w,
+        "select coalesce(current_setting('myapp.tenant', true), '')",
+    )
+    .await;
+    assert_eq!(
+        row[0].as_deref(),
+        Some(&b""[..]),
+        "the undone SET came back"
+    );
+    other.simple("commit").await;
+    let row = one_row(
+        &mut other,
+        "select coalesce(current_setting('myapp.tenant', true), '')",
+    )
+    .await;
+    assert_eq!(row[0].as_deref(), Some(&b""[..]), "a SET leaked");
+}
+
 /// `options=-c name=value` in the connection string (libpq and most drivers support
 /// it) sets the parameter for the session, as it does against PostgreSQL.
 async fn startup_options_reach_the_session(env: &Env) {

@@ -7,7 +7,7 @@ use super::pipeline::Pipeline;
 use super::routing::contains_ci;
 use super::session::{Server, Session};
 use crate::protocol::{messages, sqlstate, Frame};
-use crate::router::analysis::SetStmt;
+use crate::router::analysis::{Analysis, PinReason, SetStmt, StatementKind};
 use crate::router::parameterize::parameterize;
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -28,6 +28,7 @@ pub(super) struct Progress {
     ahead: VecDeque<(u64, TxnOutcome)>,
     /// A commit whose position is still to be read.
     pub(super) commit: Option<PendingCommit>,
+    savepoints: SavepointWatch,
     /// An extended-protocol batch was sent without its Sync yet.
     open_batch: bool,
     /// COPY in or out in progress.
@@ -158,6 +159,40 @@ impl TxnOutcome {
         };
         self.ended = Some(ended);
         self.failed = false;
+    }
+}
+
+/// Whether a ROLLBACK TO SAVEPOINT may undo a session-level SET, which the proxy keeps
+/// for the client from its own reply. Statements are seen in the order they are sent;
+/// RELEASE and failed statements are not followed, so it may say yes needlessly, never no
+/// wrongly.
+#[derive(Default)]
+struct SavepointWatch {
+    /// A SAVEPOINT was sent on this connection.
+    open: bool,
+    /// A session-level SET or RESET was sent after it.
+    set_under: bool,
+}
+
+impl SavepointWatch {
+    fn undoes_a_set(&mut self, a: &Analysis) -> bool {
+        let mut undoes = false;
+        for s in &a.statements {
+            match s.kind {
+                StatementKind::Savepoint => self.open = true,
+                StatementKind::RollbackToSavepoint => undoes |= self.set_under,
+                _ if self.open
+                    && matches!(
+                        s.set,
+                        Some(SetStmt::Set { local: false, .. } | SetStmt::Reset { .. })
+                    ) =>
+                {
+                    self.set_under = true
+                }
+                _ => {}
+            }
+        }
+        undoes
     }
 }
 
@@ -390,6 +425,13 @@ impl Session {
                 to_server,
             ),
         };
+        if let Some(a) = query.as_ref().or(parsed.as_ref()) {
+            if p.savepoints.undoes_a_set(a) && self.pinned.is_none() {
+                // Which SETs it undid only the server knows: keep the client on it.
+                tracing::debug!("client pinned: ROLLBACK TO SAVEPOINT after a SET under it");
+                self.pinned = Some(PinReason::SavepointUndoesSet);
+            }
+        }
         let staged = p.staged(ord);
         // What runs (a Query, or an Execute of a bound statement) may write.
         if let Some(a) = query.as_ref().or(bound.as_ref()) {
@@ -433,4 +475,39 @@ fn bound_statement(body: &[u8]) -> Option<&[u8]> {
     let rest = &body[p + 1..];
     let s = rest.iter().position(|&b| b == 0)?;
     Some(&rest[..s])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SavepointWatch;
+    use crate::router::analysis::analyze;
+
+    /// Feeds each request to one watch; returns which ones it said may undo a SET.
+    fn undoing(requests: &[&str]) -> Vec<bool> {
+        let mut w = SavepointWatch::default();
+        requests
+            .iter()
+            .map(|sql| w.undoes_a_set(&analyze(sql, &[])))
+            .collect()
+    }
+
+    #[test]
+    fn only_a_set_under_a_savepoint_can_be_undone() {
+        assert_eq!(
+            undoing(&["begin; set a.b = 1; savepoint s", "rollback to s; commit"]),
+            [false, false]
+        );
+        assert_eq!(
+            undoing(&["begin; savepoint s; set local a.b = 1", "rollback to s"]),
+            [false, false]
+        );
+        assert_eq!(
+            undoing(&["begin", "savepoint s", "reset a.b", "rollback to s"]),
+            [false, false, false, true]
+        );
+        assert_eq!(
+            undoing(&["savepoint s; set a.b = 1; rollback to savepoint s"]),
+            [true]
+        );
+    }
 }

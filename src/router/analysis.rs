@@ -139,6 +139,9 @@ pub enum PinReason {
     SetRole,
     /// `set_config(name, value, false)` is a SET the proxy cannot see the value of.
     SetConfig,
+    /// ROLLBACK TO SAVEPOINT in a block that ran a session-level SET: which SETs it
+    /// undid only the server knows. Set by the session, not by analysis.
+    SavepointUndoesSet,
 }
 
 /// A SET or RESET of a run-time parameter. Names are lower-cased (PostgreSQL matches them
