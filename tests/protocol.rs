@@ -1764,6 +1764,46 @@ async fn a_set_undone_by_rollback_to_savepoint_is_gone() {
     assert_eq!(row[0].as_deref(), Some(&b""[..]), "a SET leaked");
 }
 
+/// A cancel of a request that still waits for a server connection (its pool is
+/// exhausted) is answered at once with 57014, and the request never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_waiting_for_a_server_answers_at_once() {
+    let env = start_pool_of(1).await;
+    env.direct()
+        .await
+        .batch_execute("create table waited (id int); grant all on waited to app;")
+        .await
+        .unwrap();
+    let holder = env.connect().await;
+    let client = env.connect().await;
+    // The pool's only connection stays with this open transaction.
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let token = client.cancel_token();
+    let insert = client.simple_query("insert into waited values (1)");
+    let canceller = async {
+        let pools = &env.proxy.shared.pools;
+        common::wait_for("the insert waiting for a connection", DEADLINE, || {
+            let waiting = pools.all().iter().any(|(_, e)| e.pool.status().waiting > 0);
+            async move { waiting.then_some(()) }
+        })
+        .await;
+        token
+            .cancel_query(NoTls)
+            .await
+            .expect("cancel request sent");
+    };
+    let (result, ()) = tokio::join!(insert, canceller);
+    // Without the cancel it would fail after pool.checkout_timeout_ms with 53300.
+    expect_code(result, "57014", "insert cancelled while waiting");
+    holder.batch_execute("commit").await.unwrap();
+    let n: i64 = client
+        .query_one("select count(*) from waited", &[])
+        .await
+        .expect("client works after the cancel")
+        .get(0);
+    assert_eq!(n, 0, "the cancelled insert ran");
+}
+
 /// `options=-c name=value` in the connection string (libpq and most drivers support
 /// it) sets the parameter for the session, as it does against PostgreSQL.
 async fn startup_options_reach_the_session(env: &Env) {

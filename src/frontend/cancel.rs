@@ -1,6 +1,6 @@
 //! Cancel requests: the proxy hands each client its own key, and maps it to the server
 //! connection running that client's query right now, or to the session itself while
-//! its read is on a shared lane.
+//! its read is on a shared lane or its request waits for a server connection.
 
 use crate::protocol::messages;
 use std::collections::HashMap;
@@ -16,9 +16,10 @@ pub enum CancelTarget {
         pid: i32,
         secret: i32,
     },
-    /// A read on a shared lane: the server runs other clients' reads too, so the cancel
-    /// goes to the waiting session, which answers it (the read has no effect to undo).
-    Lane(Arc<Notify>),
+    /// The session answers the cancel itself: its read is on a shared lane (the server
+    /// runs other clients' reads too), or its request still waits for a server
+    /// connection. Either way there is no effect to undo.
+    Session(Arc<Notify>),
 }
 
 /// A client's slot: it writes its current server here; the registry reads it on cancel.
@@ -60,7 +61,7 @@ impl CancelRegistry {
         };
         let (addr, pid, secret) = match target {
             Some(CancelTarget::Server { addr, pid, secret }) => (addr, pid, secret),
-            Some(CancelTarget::Lane(waiting)) => {
+            Some(CancelTarget::Session(waiting)) => {
                 waiting.notify_one();
                 metrics::counter!("pgwarden_cancel_requests_total").increment(1);
                 return;

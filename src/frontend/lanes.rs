@@ -409,7 +409,7 @@ impl Session {
     async fn await_lane(&mut self, rx: oneshot::Receiver<LaneReply>) -> Option<LaneReply> {
         let cancelled = Arc::new(Notify::new());
         *self.cancel.lock().expect("cancel slot lock") =
-            Some(CancelTarget::Lane(cancelled.clone()));
+            Some(CancelTarget::Session(cancelled.clone()));
         let reply = tokio::select! {
             biased;
             r = rx => r.ok(),

@@ -147,7 +147,11 @@ impl Session {
 
     /// Reports a failed checkout; returns whether to skip client messages to the next Sync.
     async fn checkout_failed(&mut self, e: CheckoutError, tag: u8) -> anyhow::Result<bool> {
-        tracing::warn!(error = %e, "server checkout failed");
+        if matches!(e, CheckoutError::Canceled) {
+            tracing::debug!("request cancelled while waiting for a server connection");
+        } else {
+            tracing::warn!(error = %e, "server checkout failed");
+        }
         let (code, message, raw) = e.client_message();
         let ready = matches!(tag, b'Q' | b'S' | b'F');
         match raw {

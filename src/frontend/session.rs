@@ -15,10 +15,11 @@ use crate::proxy::Shared;
 use crate::router::analysis::PinReason;
 use crate::router::plan::{Route, RouteOverride};
 use bytes::BytesMut;
-use deadpool::managed::{Object, PoolError};
+use deadpool::managed::{Object, PoolError, TimeoutType, Timeouts};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 pub(super) type Server = Object<Manager>;
 
@@ -257,7 +258,15 @@ impl Session {
         &mut self,
         pool: &ServerPool,
     ) -> Result<Server, CheckoutError> {
-        let mut server = pool.get().await.map_err(CheckoutError::Pool)?;
+        // Without waiting when the pool has a connection to give; a wait can be cancelled.
+        let now = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..pool.timeouts()
+        };
+        let mut server = match pool.timeout_get(&now).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) => self.wait_for_server(pool).await?,
+            got => got.map_err(CheckoutError::Pool)?,
+        };
         if let Err(e) = server.apply_params(&self.params).await {
             if server.broken {
                 let _ = Object::take(server);
@@ -270,6 +279,21 @@ impl Session {
             secret: server.secret,
         });
         Ok(server)
+    }
+
+    /// Waits for a server connection from an exhausted pool. A cancel meanwhile is
+    /// answered at once: the request has not started, so there is nothing to undo.
+    async fn wait_for_server(&mut self, pool: &ServerPool) -> Result<Server, CheckoutError> {
+        let cancelled = Arc::new(Notify::new());
+        *self.cancel.lock().expect("cancel slot lock") =
+            Some(CancelTarget::Session(cancelled.clone()));
+        let got = tokio::select! {
+            biased;
+            got = pool.get() => got.map_err(CheckoutError::Pool),
+            _ = cancelled.notified() => Err(CheckoutError::Canceled),
+        };
+        *self.cancel.lock().expect("cancel slot lock") = None;
+        got
     }
 
     /// Gives a server connection back (or discards it when its state is unknown).
@@ -336,6 +360,9 @@ pub(super) enum CheckoutError {
     Pool(PoolError<BackendError>),
     #[error("applying session parameters: {0}")]
     Params(BackendError),
+    /// The client cancelled its request while it waited for a connection.
+    #[error("cancelled while waiting for a server connection")]
+    Canceled,
 }
 
 impl CheckoutError {
@@ -355,6 +382,11 @@ impl CheckoutError {
             | CheckoutError::Params(BackendError::Server { code, message, raw }) => {
                 (code.clone(), message.clone(), Some(raw.clone()))
             }
+            CheckoutError::Canceled => (
+                sqlstate::QUERY_CANCELED.into(),
+                "canceling statement due to user request".into(),
+                None,
+            ),
             other => (
                 sqlstate::CONNECTION_FAILURE.into(),
                 format!("cannot reach the database server: {other}"),
