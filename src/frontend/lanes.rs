@@ -7,7 +7,6 @@
 //! already busy; statements seen slow on a lane stay off lanes.
 
 use super::auto_prepare;
-use super::cancel::CancelTarget;
 use super::counters::ReadDecision;
 use super::routing::Needed;
 use super::session::{give_back, Server, Session};
@@ -24,7 +23,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 /// Requests waiting for a lane, at most; beyond, readers take the usual path.
 const QUEUE: usize = 256;
@@ -407,21 +406,19 @@ impl Session {
     /// effect to undo, and its reply, when it comes, is dropped. None: the lane could
     /// not serve it (its server failed), so the usual path must.
     async fn await_lane(&mut self, rx: oneshot::Receiver<LaneReply>) -> Option<LaneReply> {
-        let cancelled = Arc::new(Notify::new());
-        *self.cancel.lock().expect("cancel slot lock") =
-            Some(CancelTarget::Session(cancelled.clone()));
-        let reply = tokio::select! {
-            biased;
-            r = rx => r.ok(),
-            _ = cancelled.notified() => {
+        match self.answering_cancel(rx).await {
+            Some(reply) => reply.ok(),
+            None => {
                 let mut out = BytesMut::new();
-                messages::error(&mut out, "ERROR", sqlstate::QUERY_CANCELED,
-                    "canceling statement due to user request");
+                messages::error(
+                    &mut out,
+                    "ERROR",
+                    sqlstate::QUERY_CANCELED,
+                    "canceling statement due to user request",
+                );
                 messages::ready_for_query(&mut out, b'I');
                 Some(LaneReply::Done(out))
             }
-        };
-        *self.cancel.lock().expect("cancel slot lock") = None;
-        reply
+        }
     }
 }

@@ -425,13 +425,6 @@ impl Session {
                 to_server,
             ),
         };
-        if let Some(a) = query.as_ref().or(parsed.as_ref()) {
-            if p.savepoints.undoes_a_set(a) && self.pinned.is_none() {
-                // Which SETs it undid only the server knows: keep the client on it.
-                tracing::debug!("client pinned: ROLLBACK TO SAVEPOINT after a SET under it");
-                self.pinned = Some(PinReason::SavepointUndoesSet);
-            }
-        }
         let staged = p.staged(ord);
         // What runs (a Query, or an Execute of a bound statement) may write.
         if let Some(a) = query.as_ref().or(bound.as_ref()) {
@@ -442,6 +435,12 @@ impl Session {
         }
         if let Some(a) = query.or(parsed) {
             self.note_session_effects(&a, &mut staged.sets);
+            // Once pinned, the server keeps the client's settings: nothing to watch.
+            if self.pinned.is_none() && p.savepoints.undoes_a_set(&a) {
+                // Which SETs it undid only the server knows: keep the client on it.
+                tracing::debug!("client pinned: ROLLBACK TO SAVEPOINT after a SET under it");
+                self.pinned = Some(PinReason::SavepointUndoesSet);
+            }
         }
     }
 

@@ -17,6 +17,7 @@ use crate::router::plan::{Route, RouteOverride};
 use bytes::BytesMut;
 use deadpool::managed::{Object, PoolError, TimeoutType, Timeouts};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -284,16 +285,25 @@ impl Session {
     /// Waits for a server connection from an exhausted pool. A cancel meanwhile is
     /// answered at once: the request has not started, so there is nothing to undo.
     async fn wait_for_server(&mut self, pool: &ServerPool) -> Result<Server, CheckoutError> {
+        let got = self.answering_cancel(pool.get()).await;
+        got.map_or(Err(CheckoutError::Canceled), |r| {
+            r.map_err(CheckoutError::Pool)
+        })
+    }
+
+    /// Runs `work` with the session itself as this client's cancel target: None when a
+    /// cancel came first (`work` is dropped). For waits whose work has no effect to undo.
+    pub(super) async fn answering_cancel<T>(&self, work: impl Future<Output = T>) -> Option<T> {
         let cancelled = Arc::new(Notify::new());
         *self.cancel.lock().expect("cancel slot lock") =
             Some(CancelTarget::Session(cancelled.clone()));
-        let got = tokio::select! {
+        let done = tokio::select! {
             biased;
-            got = pool.get() => got.map_err(CheckoutError::Pool),
-            _ = cancelled.notified() => Err(CheckoutError::Canceled),
+            done = work => Some(done),
+            _ = cancelled.notified() => None,
         };
         *self.cancel.lock().expect("cancel slot lock") = None;
-        got
+        done
     }
 
     /// Gives a server connection back (or discards it when its state is unknown).
