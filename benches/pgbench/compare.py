@@ -35,6 +35,8 @@ class Path:
     kind: str             # direct | pgwarden | pgbouncer
     # Settings merged over the benchmark's pgwarden config (same shape as config.yaml).
     pgwarden: dict = field(default_factory=dict)
+    # Another pgwarden binary than --pgwarden (for A/B of two builds; see --baseline).
+    binary: str | None = None
 
 
 # Adding a path is one line here; RATIOS picks which TPS ratios get a column.
@@ -57,7 +59,7 @@ EXTRA_PATHS = [
 ]
 RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("pgwarden", "pgwarden-nocapture"),
           ("pgwarden", "pgwarden-noprepare"), ("pgwarden", "pgwarden-nolanes"),
-          ("pgwarden-lanes-always", "pgbouncer")]
+          ("pgwarden-lanes-always", "pgbouncer"), ("pgwarden", "pgwarden-baseline")]
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class Result:
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pgwarden", required=True, help="release pgwarden binary")
+    ap.add_argument("--baseline", help="another pgwarden binary, run as path pgwarden-baseline "
+                    "(add it to --paths): A/B of two builds in one run")
     ap.add_argument("-T", "--duration", type=int, default=10, help="seconds per pgbench run")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per cell (median reported)")
     ap.add_argument("--clients", help=f"comma-separated client counts (default {CLIENTS})")
@@ -137,7 +141,9 @@ def parse_args():
         a.clients = a.clients or ",".join(map(str, QUICK_CLIENTS))
     a.clients = [int(c) for c in a.clients.split(",")] if a.clients else CLIENTS
     a.workloads = pick(WORKLOADS, a.workloads, lambda w: w.key)
-    a.paths = pick(PATHS + EXTRA_PATHS, a.paths, lambda p: p.name) if a.paths else PATHS
+    extra = EXTRA_PATHS + ([Path("pgwarden-baseline", "pgwarden", binary=a.baseline)]
+                           if a.baseline else [])
+    a.paths = pick(PATHS + extra, a.paths, lambda p: p.name) if a.paths else PATHS
     a.out = a.out or time.strftime("/tmp/pgwarden-pgbench-%Y%m%d-%H%M%S.md")
     return a
 

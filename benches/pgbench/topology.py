@@ -177,7 +177,7 @@ class Poolers:
         port, log = free_port(), os.path.join(self.workdir, f"{tag}.log")
         if path.kind == "pgwarden":
             config = self._pgwarden_config(path, pool_size, port, tag)
-            argv = [self.pgwarden, "run", "--config", config]
+            argv = [path.binary or self.pgwarden, "run", "--config", config]
             proc = self.children.start(tag, argv, log)
         elif path.kind == "pgbouncer":
             argv = ["pgbouncer", self._pgbouncer_config(pool_size, port, tag)]
