@@ -387,3 +387,54 @@ async fn aurora_lag_source_applies_the_rule_on_time() {
         "replica2 never became eligible for the written table"
     );
 }
+
+/// The queries the proxy runs for every commit (its position) and every replica probe
+/// are prepared once per server connection, and stay correct when the statement goes
+/// away behind the proxy's back or fails.
+#[tokio::test]
+async fn the_proxys_own_frequent_queries_are_prepared_once_per_connection() {
+    use pgwarden::backend::{conn::connect, BackendError, ConnectSpec};
+    use pgwarden::config::ServerTlsMode;
+    let env = start(Setup::default()).await;
+    let p = &env.cluster.primary;
+    let mut conn = connect(&ConnectSpec {
+        node: "primary".into(),
+        host: p.host.clone(),
+        port: p.port,
+        user: "app".into(),
+        password: "app".into(),
+        database: "app".into(),
+        tls: ServerTlsMode::Disable,
+        connect_timeout: Duration::from_secs(10),
+        prepared_capacity: 4,
+        application_name: "pgwarden-test",
+    })
+    .await
+    .expect("server connection");
+    let count = "SELECT count(*)::text FROM pg_prepared_statements WHERE name = 'pgw_i_test'";
+    let prepared = |row: Vec<Option<String>>| row[0].clone().unwrap();
+
+    for _ in 0..3 {
+        let row = conn.query_row_prepared("pgw_i_test", "SELECT 41 + 1").await;
+        assert_eq!(row.unwrap(), vec![Some("42".to_string())]);
+    }
+    assert_eq!(prepared(conn.query_row(count).await.unwrap()), "1");
+
+    // Gone without the proxy seeing it (run_internal does not track statements).
+    conn.run_internal("DEALLOCATE ALL").await.unwrap();
+    let row = conn.query_row_prepared("pgw_i_test", "SELECT 41 + 1").await;
+    assert_eq!(row.unwrap(), vec![Some("42".to_string())]);
+    assert_eq!(prepared(conn.query_row(count).await.unwrap()), "1");
+
+    // A statement that fails when run keeps failing with its own error, not with
+    // "already exists" from preparing it again, and leaves the connection usable.
+    for _ in 0..2 {
+        match conn.query_row_prepared("pgw_i_bad", "SELECT 1 / 0").await {
+            Err(BackendError::Server { code, .. }) => assert_eq!(code, "22012"),
+            other => panic!("division by zero expected, got {other:?}"),
+        }
+    }
+    assert!(!conn.broken);
+    let row = conn.query_row_prepared("pgw_i_test", "SELECT 41 + 1").await;
+    assert_eq!(row.unwrap(), vec![Some("42".to_string())]);
+}

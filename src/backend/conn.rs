@@ -247,6 +247,46 @@ impl ServerConn {
         self.exchange(sql).await.map(|(_, rows)| rows)
     }
 
+    /// Runs a query of the proxy's own that it runs often (commit positions, replay
+    /// probes) as a statement this connection keeps prepared under `name`: the server
+    /// parses and plans it once per connection instead of once per call, which on a
+    /// write-heavy load is a sizeable share of the primary's CPU for these queries.
+    /// Returns its first row as text.
+    pub async fn query_row_prepared(
+        &mut self,
+        name: &str,
+        sql: &str,
+    ) -> Result<Vec<Option<String>>, BackendError> {
+        let mut prepare = !self.prepared.touch(name);
+        loop {
+            let mut buf = BytesMut::new();
+            if prepare {
+                if let Some(evicted) = self.prepared.insert(name.into()) {
+                    messages::close_statement(&mut buf, &evicted);
+                }
+                // Whatever an earlier failed attempt left under this name goes first.
+                messages::close_statement(&mut buf, name);
+                messages::parse(&mut buf, name, sql);
+            }
+            messages::execute_statement(&mut buf, name);
+            match self.exchange_buf(buf).await {
+                Ok((_, rows)) => return Ok(rows.into_iter().next().unwrap_or_default()),
+                // Deallocated behind the proxy's back (DEALLOCATE in a function, say):
+                // prepared again, once.
+                Err(BackendError::Server { code, .. })
+                    if code == "26000" && !prepare && !self.broken =>
+                {
+                    prepare = true;
+                }
+                Err(e) => {
+                    // Not known to exist any more: the next call prepares it again.
+                    self.prepared.remove(name);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     /// One simple-query round trip of the proxy's own: the ParameterStatus messages
     /// it caused and its rows. A broken exchange marks the connection broken.
     async fn exchange(
@@ -255,6 +295,15 @@ impl ServerConn {
     ) -> Result<(Vec<Frame>, Vec<Vec<Option<String>>>), BackendError> {
         let mut buf = BytesMut::new();
         messages::query(&mut buf, sql);
+        self.exchange_buf(buf).await
+    }
+
+    /// Writes `buf` (messages ending with one Query or one Sync) and reads up to the
+    /// ReadyForQuery that answers it.
+    async fn exchange_buf(
+        &mut self,
+        buf: BytesMut,
+    ) -> Result<(Vec<Frame>, Vec<Vec<Option<String>>>), BackendError> {
         let res = async {
             self.io.write_all(&buf).await?;
             self.io.flush().await?;

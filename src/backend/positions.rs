@@ -78,7 +78,7 @@ async fn sample(pool: &ServerPool) -> Option<Positions> {
             return None;
         }
     };
-    let row = conn.query_row(SQL).await;
+    let row = conn.query_row_prepared("pgw_i_positions", SQL).await;
     if conn.broken {
         let _ = Object::take(conn);
     }

@@ -186,13 +186,13 @@ impl CaptureTarget {
     /// Reads the position on the connection that committed, before anything else runs
     /// on it.
     async fn capture(&self, server: &mut Server, pending: PendingCommit, hold: bool) {
-        let sql = if pending.may_be_unflushed {
-            INSERTED_SQL
+        let (name, sql) = if pending.may_be_unflushed {
+            ("pgw_i_inserted", INSERTED_SQL)
         } else {
-            FLUSHED_SQL
+            ("pgw_i_flushed", FLUSHED_SQL)
         };
         let position = match self.shared.config.consistency.lag_source {
-            LagSource::Postgres => match server.query_row(sql).await {
+            LagSource::Postgres => match server.query_row_prepared(name, sql).await {
                 Ok(row) => row.first().and_then(|v| lsn::parse(v.as_deref()?)),
                 Err(e) => {
                     tracing::warn!(node = %server.node, error = %e, "cannot read the commit position");

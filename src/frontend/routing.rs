@@ -404,7 +404,10 @@ impl Session {
             .clone();
         probed.push(node.name.clone());
         let mut server = self.checkout_node(&node).await.ok()?;
-        let replayed = match server.query_row(REPLAY_SQL).await {
+        let replayed = match server
+            .query_row_prepared("pgw_i_replayed", REPLAY_SQL)
+            .await
+        {
             Ok(row) => row.first().cloned().flatten().and_then(|v| lsn::parse(&v)),
             Err(_) => None,
         };

@@ -1,6 +1,9 @@
 //! Builders for the messages the proxy writes itself, encoded with pgwire's codec.
 
 use bytes::{BufMut, BytesMut};
+use pgwire::messages::extendedquery::{
+    Bind, Close, Execute, Parse, Sync, TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
@@ -59,6 +62,29 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
 
 pub fn query(buf: &mut BytesMut, sql: &str) {
     encode(buf, &Query::new(sql.into()));
+}
+
+/// Close of a named prepared statement (a no-op on the server when it does not exist).
+pub fn close_statement(buf: &mut BytesMut, name: &str) {
+    encode(
+        buf,
+        &Close::new(TARGET_TYPE_BYTE_STATEMENT, Some(name.into())),
+    );
+}
+
+/// Parse of a named statement, parameter types left to the server.
+pub fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
+    encode(buf, &Parse::new(Some(name.into()), sql.into(), Vec::new()));
+}
+
+/// Bind (no parameters, text results), Execute and Sync of a named statement.
+pub fn execute_statement(buf: &mut BytesMut, name: &str) {
+    encode(
+        buf,
+        &Bind::new(None, Some(name.into()), Vec::new(), Vec::new(), Vec::new()),
+    );
+    encode(buf, &Execute::new(None, 0));
+    encode(buf, &Sync::new());
 }
 
 /// The 16-byte CancelRequest packet sent to a server.
