@@ -438,3 +438,72 @@ async fn the_proxys_own_frequent_queries_are_prepared_once_per_connection() {
     let row = conn.query_row_prepared("pgw_i_test", "SELECT 41 + 1").await;
     assert_eq!(row.unwrap(), vec![Some("42".to_string())]);
 }
+
+/// A cancel while a read waits for a replica to catch up is answered at once with
+/// 57014, as PostgreSQL answers a cancelled statement, and the read never runs. The
+/// wait here would otherwise last a minute (consistency.max_wait_ms) and then serve the
+/// read from the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_a_read_waits_for_a_replica_answers_at_once() {
+    let env = consistency_env("consistency:\n  max_wait_ms: 60000\n").await;
+    tokio::task::block_in_place(|| {
+        pause_replay(&env, 0);
+        pause_replay(&env, 1);
+    });
+    let c = env.connect().await;
+    c.execute("insert into kv values (1, 1)", &[])
+        .await
+        .unwrap();
+    let token = c.cancel_token();
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        c.query_one("select v from kv where k = 1", &[]),
+    );
+    let replica = env.cluster.replicas[0].clone();
+    let canceller = async {
+        // The read is waiting once the proxy has asked a replica how far it replayed.
+        wait_for(
+            "a replay probe on a paused replica",
+            Duration::from_secs(20),
+            || {
+                let replica = replica.clone();
+                async move {
+                    let probes = tokio::task::spawn_blocking(move || {
+                        replica.psql(
+                            "postgres",
+                            "postgres",
+                            "select count(*) from pg_stat_activity \
+                             where query = 'SELECT pg_last_wal_replay_lsn()::text'",
+                        )
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                    (probes != "0").then_some(())
+                }
+            },
+        )
+        .await;
+        token
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel request sent");
+    };
+    let (result, ()) = tokio::join!(read, canceller);
+    let result = result.expect("the cancel is answered before the wait ends");
+    match result {
+        Ok(row) => panic!("expected 57014, the read ran: {row:?}"),
+        Err(e) => assert_eq!(common::sqlstate(&e).as_deref(), Some("57014"), "{e:?}"),
+    }
+    tokio::task::block_in_place(|| {
+        resume_replay(&env, 0);
+        resume_replay(&env, 1);
+    });
+    // The client goes on: the next read waits for the replicas, which now catch up.
+    let v: i32 = c
+        .query_one("select v from kv where k = 1", &[])
+        .await
+        .expect("client works after the cancel")
+        .get(0);
+    assert_eq!(v, 1);
+}

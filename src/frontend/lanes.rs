@@ -332,9 +332,8 @@ impl Session {
             Found::Lane(tx, state) => (tx, state),
             Found::Full => return None,
             Found::Open => {
-                let server = self.checkout_node(&node).await.ok()?;
-                // The server is the lane's now, not this client's to cancel.
-                *self.cancel.lock().expect("cancel slot lock") = None;
+                // The server is the lane's, not this client's to cancel.
+                let server = self.checkout_node_unwatched(&node).await.ok()?;
                 shared.lanes.open(&node, settings, server)
             }
         };

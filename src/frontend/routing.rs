@@ -3,7 +3,7 @@
 //! Session-level SETs seen here are remembered so they follow the client.
 
 use super::counters::ReadDecision;
-use super::session::{CheckoutError, Server, Session};
+use super::session::{give_back, CheckoutError, Server, Session};
 use crate::backend::{BackendError, ConnectSpec};
 use crate::config::PoolMode;
 use crate::config::{ConsistencyMode, LagSource};
@@ -15,9 +15,11 @@ use crate::router::plan::{self, Plan, RequestPart, Route, RouteOverride, Session
 use crate::topology::balancer::{self, Draw};
 use crate::topology::{Node, ReadNeed, Topology};
 use deadpool::managed::PoolError;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+use tokio::sync::Notify;
 
 /// Splits a NUL-terminated string off the front of `b`.
 fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -295,11 +297,31 @@ impl Session {
     /// `min_position` and is within the lag budget, nearest first, then by the balancer;
     /// when none qualifies the read waits up to `consistency.max_wait_ms` for one to catch
     /// up, then goes to the primary. Replicas that fail to connect are banned and skipped.
+    /// A cancel while the read waits is answered at once (CheckoutError::Canceled).
     pub(super) async fn checkout_for(
         &mut self,
         plan: &Plan,
         needed: &Needed,
         excluded: &[String],
+    ) -> Result<(Server, Arc<Node>), CheckoutError> {
+        // While a read waits for a replica to catch up, the session answers the client's
+        // cancel itself: nothing has run yet (replay probes are the proxy's own).
+        let mut cancelled: Option<Arc<Notify>> = None;
+        let got = self
+            .checkout_waiting(plan, needed, excluded, &mut cancelled)
+            .await;
+        if got.is_err() && cancelled.is_some() {
+            self.stop_answering_cancel();
+        }
+        got
+    }
+
+    async fn checkout_waiting(
+        &mut self,
+        plan: &Plan,
+        needed: &Needed,
+        excluded: &[String],
+        cancelled: &mut Option<Arc<Notify>>,
     ) -> Result<(Server, Arc<Node>), CheckoutError> {
         let topo = self.shared.topology.load_full();
         if plan.route == Route::Replica {
@@ -330,6 +352,10 @@ impl Session {
                     let node = node.clone();
                     match self.checkout_node(&node).await {
                         Ok(s) => {
+                            if cancelled.as_deref().is_some_and(cancel_came) {
+                                self.let_go(s);
+                                return Err(CheckoutError::Canceled);
+                            }
                             shared.counters.read(if waited {
                                 ReadDecision::Waited
                             } else {
@@ -350,19 +376,38 @@ impl Session {
                     break;
                 }
                 waited = true;
+                let cancel = cancelled
+                    .get_or_insert_with(|| self.answer_cancel())
+                    .clone();
                 // The monitor samples every lag_interval_ms, usually long after a replica
                 // has replayed a fresh commit: ask one directly meanwhile.
-                if let Some(found) = self.probe_replay(&topo, &need, &tried, &mut probed).await {
+                if let Some((s, node)) = self.probe_replay(&topo, &need, &tried, &mut probed).await
+                {
+                    // Pointed first, then checked: a cancel either left its permit
+                    // or goes to the server.
+                    self.cancel_goes_to(&s);
+                    if cancel_came(&cancel) {
+                        self.let_go(s);
+                        return Err(CheckoutError::Canceled);
+                    }
                     self.shared.counters.read(ReadDecision::Waited);
-                    return Ok(found);
+                    return Ok((s, node));
                 }
                 let pause = (deadline - Instant::now()).min(PROBE_PAUSE);
-                let _ = tokio::time::timeout(pause, changed).await;
+                tokio::select! {
+                    biased;
+                    _ = cancel.notified() => return Err(CheckoutError::Canceled),
+                    _ = tokio::time::timeout(pause, changed) => {}
+                }
             }
             self.shared.counters.read(ReadDecision::PrimaryFallback);
         }
         let primary = topo.primary().expect("config has a primary").clone();
         let s = self.checkout_node(&primary).await?;
+        if cancelled.as_deref().is_some_and(cancel_came) {
+            self.let_go(s);
+            return Err(CheckoutError::Canceled);
+        }
         Ok((s, primary))
     }
 
@@ -403,7 +448,8 @@ impl Session {
             .pick(cfg.routing.load_balance, &near, draw)?
             .clone();
         probed.push(node.name.clone());
-        let mut server = self.checkout_node(&node).await.ok()?;
+        // The client's cancel stays with the session meanwhile (see checkout_for).
+        let mut server = self.checkout_node_unwatched(&node).await.ok()?;
         let replayed = match server
             .query_row_prepared("pgw_i_replayed", REPLAY_SQL)
             .await
@@ -417,11 +463,23 @@ impl Session {
                 return Some((server, node));
             }
         }
-        self.release(server, false).await;
+        // Not let_go: the client's cancel target stays the session's.
+        give_back(server);
         None
     }
 
+    /// Checks out a server on `node` for the client's request (its cancel goes there).
     pub(super) async fn checkout_node(
+        &mut self,
+        node: &Arc<Node>,
+    ) -> Result<Server, CheckoutError> {
+        let server = self.checkout_node_unwatched(node).await?;
+        self.cancel_goes_to(&server);
+        Ok(server)
+    }
+
+    /// Checks out a server on `node` for the proxy's own use (see checkout_unwatched).
+    pub(super) async fn checkout_node_unwatched(
         &mut self,
         node: &Arc<Node>,
     ) -> Result<Server, CheckoutError> {
@@ -443,7 +501,7 @@ impl Session {
                     application_name: "pgwarden",
                 }
             });
-        self.checkout_from(&entry.pool).await
+        self.checkout_unwatched(&entry.pool).await
     }
 }
 
@@ -454,6 +512,13 @@ pub(super) struct Needed {
     /// The read's analyses, kept while the position is UNREACHABLE (a commit being
     /// captured) to ask again as the read waits.
     recheck: Option<Vec<Arc<Analysis>>>,
+}
+
+/// Whether a cancel left its permit in `cancelled` (polled once, never waits).
+fn cancel_came(cancelled: &Notify) -> bool {
+    let came = std::pin::pin!(cancelled.notified());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    came.poll(&mut cx).is_ready()
 }
 
 /// Between two probes of a replica that has not yet replayed what a read needs.

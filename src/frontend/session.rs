@@ -255,7 +255,21 @@ impl Session {
         self.checkout_from(&pool).await
     }
 
+    /// Checks out a server connection for this client's request: a cancel from the
+    /// client goes to it from now on.
     pub(super) async fn checkout_from(
+        &mut self,
+        pool: &ServerPool,
+    ) -> Result<Server, CheckoutError> {
+        let server = self.checkout_unwatched(pool).await?;
+        self.cancel_goes_to(&server);
+        Ok(server)
+    }
+
+    /// Checks out a server connection without pointing the client's cancel at it: for
+    /// the proxy's own use of it (a replay probe, a lane), or before the request is
+    /// sure to run there.
+    pub(super) async fn checkout_unwatched(
         &mut self,
         pool: &ServerPool,
     ) -> Result<Server, CheckoutError> {
@@ -274,12 +288,16 @@ impl Session {
             }
             return Err(CheckoutError::Params(e));
         }
+        Ok(server)
+    }
+
+    /// A cancel from the client goes to `server` from now on.
+    pub(super) fn cancel_goes_to(&self, server: &Server) {
         *self.cancel.lock().expect("cancel slot lock") = Some(CancelTarget::Server {
             addr: server.addr,
             pid: server.pid,
             secret: server.secret,
         });
-        Ok(server)
     }
 
     /// Waits for a server connection from an exhausted pool. A cancel meanwhile is
@@ -293,17 +311,36 @@ impl Session {
 
     /// Runs `work` with the session itself as this client's cancel target: None when a
     /// cancel came first (`work` is dropped). For waits whose work has no effect to undo.
+    /// The target before it is put back after, so waits can nest (a pool wait within
+    /// a wait for a replica to catch up).
     pub(super) async fn answering_cancel<T>(&self, work: impl Future<Output = T>) -> Option<T> {
         let cancelled = Arc::new(Notify::new());
-        *self.cancel.lock().expect("cancel slot lock") =
-            Some(CancelTarget::Session(cancelled.clone()));
+        let before = self
+            .cancel
+            .lock()
+            .expect("cancel slot lock")
+            .replace(CancelTarget::Session(cancelled.clone()));
         let done = tokio::select! {
             biased;
             done = work => Some(done),
             _ = cancelled.notified() => None,
         };
-        *self.cancel.lock().expect("cancel slot lock") = None;
+        *self.cancel.lock().expect("cancel slot lock") = before;
         done
+    }
+
+    /// Makes the session itself this client's cancel target until `stop_answering_cancel`
+    /// (or a checkout for the request) replaces it; a cancel meanwhile leaves a permit in
+    /// the returned Notify.
+    pub(super) fn answer_cancel(&self) -> Arc<Notify> {
+        let cancelled = Arc::new(Notify::new());
+        *self.cancel.lock().expect("cancel slot lock") =
+            Some(CancelTarget::Session(cancelled.clone()));
+        cancelled
+    }
+
+    pub(super) fn stop_answering_cancel(&self) {
+        *self.cancel.lock().expect("cancel slot lock") = None;
     }
 
     /// Gives a server connection back (or discards it when its state is unknown).
