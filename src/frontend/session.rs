@@ -312,7 +312,8 @@ impl Session {
     /// Runs `work` with the session itself as this client's cancel target: None when a
     /// cancel came first (`work` is dropped). For waits whose work has no effect to undo.
     /// The target before it is put back after, so waits can nest (a pool wait within
-    /// a wait for a replica to catch up).
+    /// a wait for a replica to catch up); a cancel of the inner wait is passed on to the
+    /// outer one, whose caller may not see the inner one's result (a probe's checkout).
     pub(super) async fn answering_cancel<T>(&self, work: impl Future<Output = T>) -> Option<T> {
         let cancelled = Arc::new(Notify::new());
         let before = self
@@ -325,6 +326,9 @@ impl Session {
             done = work => Some(done),
             _ = cancelled.notified() => None,
         };
+        if let (None, Some(CancelTarget::Session(outer))) = (&done, &before) {
+            outer.notify_one();
+        }
         *self.cancel.lock().expect("cancel slot lock") = before;
         done
     }
