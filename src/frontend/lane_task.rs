@@ -7,7 +7,7 @@
 //! statement) put in.
 
 use super::auto_prepare;
-use super::lanes::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
+use super::lanes::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape, Why};
 use super::session::{give_back, Server};
 use crate::backend::prepared::PreparedSet;
 use crate::protocol::{messages, Frame};
@@ -210,8 +210,10 @@ fn on_frame(
     let now = Instant::now();
     let took = now - wire.head_since;
     let slow = wire.slow_after(lanes);
-    if took >= slow || flight.too_big {
-        lanes.mark_slow(flight.req.key);
+    if flight.too_big {
+        lanes.mark_slow(flight.req.key, Why::TooBig);
+    } else if took >= slow {
+        lanes.mark_slow(flight.req.key, Why::Slow);
     }
     wire.usual_us = fold_usual(wire.usual_us, took, slow);
     wire.answered = (wire.answered + 1).min(WARM_UP);

@@ -8,6 +8,8 @@
 
 use super::auto_prepare;
 use super::counters::ReadDecision;
+use super::lane_slow::SlowStatements;
+pub(super) use super::lane_slow::Why;
 use super::routing::Needed;
 use super::session::{give_back, Server, Session};
 use crate::config::{MultiplexReads, PoolMode};
@@ -18,9 +20,8 @@ use crate::router::plan::{Plan, Route};
 use crate::topology::balancer::{self, Draw};
 use crate::topology::{Node, ReadNeed};
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -31,11 +32,6 @@ const QUEUE: usize = 256;
 const MAX_LANES_PER_NODE: usize = 4;
 /// How long after a read last found its replica busy reads keep taking lanes (auto).
 const BUSY_WINDOW: Duration = Duration::from_millis(100);
-/// Statements remembered as slow, at most (the record starts afresh beyond).
-const MAX_SLOW: usize = 4096;
-/// How long a statement seen slow stays off lanes; then it may try one again (a pause
-/// of the machine can make any statement look slow once).
-const SLOW_MEMORY: Duration = Duration::from_secs(60);
 
 /// The statement a lane's server must have before it runs a request.
 pub(super) enum Ensure {
@@ -106,10 +102,8 @@ struct Lane {
 pub struct Lanes {
     // Held only to look up, insert or remove, never across an await.
     map: Mutex<Vec<Lane>>,
-    /// Statements that ran longer than `slow_after` on a lane, and when.
-    slow: Mutex<HashMap<u64, Instant>>,
-    /// How many `slow` holds: while none, reads do not take its lock.
-    slow_len: AtomicUsize,
+    /// Statements that ran slow on a lane, kept off lanes for a while.
+    slow: SlowStatements,
     slow_after: Duration,
     epoch: Instant,
     /// Reads answered on a lane so far.
@@ -139,8 +133,7 @@ impl Lanes {
     pub fn new(slow_after: Duration) -> Self {
         Lanes {
             map: Mutex::default(),
-            slow: Mutex::default(),
-            slow_len: AtomicUsize::new(0),
+            slow: SlowStatements::default(),
             slow_after,
             epoch: Instant::now(),
             served: AtomicU64::new(0),
@@ -233,40 +226,20 @@ impl Lanes {
 
     /// A statement ran long on a lane (see lane_task): from now on it runs the usual
     /// way, where it delays nobody else's read.
-    pub(super) fn mark_slow(&self, key: u64) {
-        let mut slow = self.slow.lock().expect("slow statements lock");
-        if slow.len() >= MAX_SLOW {
-            slow.clear();
-        }
-        if slow.insert(key, Instant::now()).is_none() {
+    pub(super) fn mark_slow(&self, key: u64, why: Why) {
+        if let Some(off) = self.slow.mark(key, why, Instant::now()) {
             tracing::debug!(
                 key,
+                ?off,
                 "statement kept off shared read lanes: it ran slow on one"
             );
             metrics::counter!("pgwarden_lane_slow_statements_total").increment(1);
         }
-        self.slow_len.store(slow.len(), Ordering::Relaxed);
     }
 
-    fn is_slow(&self, key: u64) -> bool {
-        if self.slow_len.load(Ordering::Relaxed) == 0 {
-            return false;
-        }
-        let mut slow = self.slow.lock().expect("slow statements lock");
-        match slow.get(&key) {
-            Some(since) if since.elapsed() < SLOW_MEMORY => true,
-            Some(_) => {
-                slow.remove(&key);
-                self.slow_len.store(slow.len(), Ordering::Relaxed);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Statements kept off lanes so far (for tests and the console).
+    /// Statements seen slow on a lane and still remembered (for tests and the console).
     pub fn slow_statements(&self) -> usize {
-        self.slow.lock().expect("slow statements lock").len()
+        self.slow.remembered()
     }
 }
 
@@ -324,7 +297,7 @@ impl Session {
             return None;
         }
         let request = self.lane_request(req, tag)?;
-        if shared.lanes.is_slow(request.0.key) {
+        if shared.lanes.slow.is_off(request.0.key, Instant::now()) {
             return None;
         }
         let settings = settings_key(&self.params);

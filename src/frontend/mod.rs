@@ -6,6 +6,7 @@ mod auto_prepare;
 pub mod cancel;
 mod commit;
 pub mod counters;
+mod lane_slow;
 mod lane_task;
 pub mod lanes;
 pub mod listener;
