@@ -7,7 +7,8 @@
 //! statement) put in.
 
 use super::auto_prepare;
-use super::lanes::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape, Why};
+use super::lane_slow::Why;
+use super::lanes::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
 use super::session::{give_back, Server};
 use crate::backend::prepared::PreparedSet;
 use crate::protocol::{messages, Frame};

@@ -8,8 +8,7 @@
 
 use super::auto_prepare;
 use super::counters::ReadDecision;
-use super::lane_slow::SlowStatements;
-pub(super) use super::lane_slow::Why;
+use super::lane_slow::{SlowStatements, Why};
 use super::routing::Needed;
 use super::session::{give_back, Server, Session};
 use crate::config::{MultiplexReads, PoolMode};
@@ -224,8 +223,8 @@ impl Lanes {
         self.slow_after
     }
 
-    /// A statement ran long on a lane (see lane_task): from now on it runs the usual
-    /// way, where it delays nobody else's read.
+    /// A statement ran long on a lane (see lane_task): for a while (see lane_slow) it
+    /// runs the usual way, where it delays nobody else's read.
     pub(super) fn mark_slow(&self, key: u64, why: Why) {
         if let Some(off) = self.slow.mark(key, why, Instant::now()) {
             tracing::debug!(
