@@ -507,3 +507,95 @@ async fn a_cancel_while_a_read_waits_for_a_replica_answers_at_once() {
         .get(0);
     assert_eq!(v, 1);
 }
+
+/// The same while the replay probe itself waits for a connection to the replica (its
+/// pool is exhausted): the cancel of that inner wait must still end the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_a_replay_probe_waits_for_a_connection_answers_at_once() {
+    // One connection per node, kept by the sleepers below; a checkout wait so long that
+    // only the cancel can end the probe's.
+    let env = start(Setup {
+        replicas: 2,
+        extra_yaml: "consistency:\n  max_wait_ms: 60000\nrouting:\n  sticky_reads: false\n".into(),
+        tweak: |c| {
+            c.pool.size = 1;
+            c.pool.checkout_timeout_ms = 60_000;
+            c.pool.multiplex_reads = pgwarden::config::MultiplexReads::Off;
+        },
+        ..Default::default()
+    })
+    .await;
+    env.direct()
+        .await
+        .batch_execute("create table kv (k int primary key, v int); grant all on kv to app;")
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        env.cluster
+            .wait_replicas_caught_up(Duration::from_secs(30))
+            .unwrap();
+        pause_replay(&env, 0);
+        pause_replay(&env, 1);
+    });
+    // Reads without a position to wait for take turns across the replicas: these two hold
+    // both replicas' only connection.
+    let mut sleepers = Vec::new();
+    for _ in 0..2 {
+        let c = env.connect().await;
+        sleepers.push(tokio::spawn(async move {
+            let _ = c.simple_query("select pg_sleep(60)").await;
+        }));
+    }
+    let sleeping = |port: usize| {
+        env.cluster.replicas[port]
+            .psql(
+                "postgres",
+                "postgres",
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'",
+            )
+            .unwrap()
+            == "1"
+    };
+    wait_for(
+        "both replicas held by a sleeping read",
+        Duration::from_secs(20),
+        || {
+            let held = tokio::task::block_in_place(|| sleeping(0) && sleeping(1));
+            async move { held.then_some(()) }
+        },
+    )
+    .await;
+    let c = env.connect().await;
+    c.execute("insert into kv values (1, 1)", &[])
+        .await
+        .unwrap();
+    let token = c.cancel_token();
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.query_one("select v from kv where k = 1", &[]),
+    );
+    let canceller = async {
+        let pools = &env.proxy.shared.pools;
+        wait_for(
+            "the probe waiting for a replica connection",
+            Duration::from_secs(20),
+            || {
+                let waiting = pools.all().iter().any(|(_, e)| e.pool.status().waiting > 0);
+                async move { waiting.then_some(()) }
+            },
+        )
+        .await;
+        token
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel request sent");
+    };
+    let (result, ()) = tokio::join!(read, canceller);
+    match result.expect("the cancel is answered before the wait ends") {
+        Ok(row) => panic!("expected 57014, the read ran: {row:?}"),
+        Err(e) => assert_eq!(common::sqlstate(&e).as_deref(), Some("57014"), "{e:?}"),
+    }
+    for s in sleepers {
+        s.abort();
+    }
+}
