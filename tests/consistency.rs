@@ -68,6 +68,64 @@ fn resume_replay(env: &Env, replica: usize) {
         .unwrap();
 }
 
+fn pause_all(env: &Env) {
+    tokio::task::block_in_place(|| {
+        (0..env.cluster.replicas.len()).for_each(|i| pause_replay(env, i))
+    });
+}
+
+fn resume_all(env: &Env) {
+    tokio::task::block_in_place(|| {
+        (0..env.cluster.replicas.len()).for_each(|i| resume_replay(env, i))
+    });
+}
+
+/// Sends the client's cancel once `ready` holds (polled for up to 20 s).
+async fn cancel_once<F, Fut>(token: tokio_postgres::CancelToken, what: &str, ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    wait_for(what, Duration::from_secs(20), ready).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel request sent");
+}
+
+/// Writes row 1 of kv, so that its reads need that position, and returns the client's
+/// cancel token and its read of the row, answered within 20 s or timed out.
+async fn write_then_read(
+    c: &tokio_postgres::Client,
+) -> (
+    tokio_postgres::CancelToken,
+    impl std::future::Future<
+            Output = Result<
+                Result<tokio_postgres::Row, tokio_postgres::Error>,
+                tokio::time::error::Elapsed,
+            >,
+        > + '_,
+) {
+    c.execute("insert into kv values (1, 1)", &[])
+        .await
+        .unwrap();
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.query_one("select v from kv where k = 1", &[]),
+    );
+    (c.cancel_token(), read)
+}
+
+/// A cancelled read: answered (not timed out) with 57014, and never run.
+fn assert_cancelled(
+    result: Result<Result<tokio_postgres::Row, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+) {
+    match result.expect("the cancel is answered before the wait ends") {
+        Ok(row) => panic!("expected 57014, the read ran: {row:?}"),
+        Err(e) => assert_eq!(common::sqlstate(&e).as_deref(), Some("57014"), "{e:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_reads_with_a_paused_replica() {
     let env = consistency_env("").await;
@@ -170,10 +228,7 @@ async fn no_stale_reads_with_a_paused_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_after_rollback_to_savepoint_is_read_back() {
     let env = consistency_env("").await;
-    tokio::task::block_in_place(|| {
-        pause_replay(&env, 0);
-        pause_replay(&env, 1);
-    });
+    pause_all(&env);
     let c = env.connect().await;
     c.batch_execute("begin; update other set v = -1 where k = 7; savepoint s")
         .await
@@ -186,10 +241,7 @@ async fn a_commit_after_rollback_to_savepoint_is_read_back() {
         .unwrap()
         .get(0);
     assert_eq!(v, -1, "a stale read of a committed write");
-    tokio::task::block_in_place(|| {
-        resume_replay(&env, 0);
-        resume_replay(&env, 1);
-    });
+    resume_all(&env);
 }
 
 /// capture_commits off: no commit positions, so a just-written table may be read from
@@ -446,59 +498,31 @@ async fn the_proxys_own_frequent_queries_are_prepared_once_per_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_while_a_read_waits_for_a_replica_answers_at_once() {
     let env = consistency_env("consistency:\n  max_wait_ms: 60000\n").await;
-    tokio::task::block_in_place(|| {
-        pause_replay(&env, 0);
-        pause_replay(&env, 1);
-    });
+    pause_all(&env);
     let c = env.connect().await;
-    c.execute("insert into kv values (1, 1)", &[])
-        .await
-        .unwrap();
-    let token = c.cancel_token();
-    let read = tokio::time::timeout(
-        Duration::from_secs(30),
-        c.query_one("select v from kv where k = 1", &[]),
-    );
+    let (token, read) = write_then_read(&c).await;
     let replica = env.cluster.replicas[0].clone();
-    let canceller = async {
-        // The read is waiting once the proxy has asked a replica how far it replayed.
-        wait_for(
-            "a replay probe on a paused replica",
-            Duration::from_secs(20),
-            || {
-                let replica = replica.clone();
-                async move {
-                    let probes = tokio::task::spawn_blocking(move || {
-                        replica.psql(
-                            "postgres",
-                            "postgres",
-                            "select count(*) from pg_stat_activity \
-                             where query = 'SELECT pg_last_wal_replay_lsn()::text'",
-                        )
-                    })
-                    .await
-                    .unwrap()
-                    .unwrap();
-                    (probes != "0").then_some(())
-                }
-            },
-        )
-        .await;
-        token
-            .cancel_query(tokio_postgres::NoTls)
+    // The read is waiting once the proxy has asked a replica how far it replayed.
+    let canceller = cancel_once(token, "a replay probe on a paused replica", || {
+        let replica = replica.clone();
+        async move {
+            let probes = tokio::task::spawn_blocking(move || {
+                replica.psql(
+                    "postgres",
+                    "postgres",
+                    "select count(*) from pg_stat_activity \
+                     where query = 'SELECT pg_last_wal_replay_lsn()::text'",
+                )
+            })
             .await
-            .expect("cancel request sent");
-    };
-    let (result, ()) = tokio::join!(read, canceller);
-    let result = result.expect("the cancel is answered before the wait ends");
-    match result {
-        Ok(row) => panic!("expected 57014, the read ran: {row:?}"),
-        Err(e) => assert_eq!(common::sqlstate(&e).as_deref(), Some("57014"), "{e:?}"),
-    }
-    tokio::task::block_in_place(|| {
-        resume_replay(&env, 0);
-        resume_replay(&env, 1);
+            .unwrap()
+            .unwrap();
+            (probes != "0").then_some(())
+        }
     });
+    let (result, ()) = tokio::join!(read, canceller);
+    assert_cancelled(result);
+    resume_all(&env);
     // The client goes on: the next read waits for the replicas, which now catch up.
     let v: i32 = c
         .query_one("select v from kv where k = 1", &[])
@@ -534,9 +558,8 @@ async fn a_cancel_while_a_replay_probe_waits_for_a_connection_answers_at_once() 
         env.cluster
             .wait_replicas_caught_up(Duration::from_secs(30))
             .unwrap();
-        pause_replay(&env, 0);
-        pause_replay(&env, 1);
     });
+    pause_all(&env);
     // Reads without a position to wait for take turns across the replicas: these two hold
     // both replicas' only connection.
     let mut sleepers = Vec::new();
@@ -566,35 +589,14 @@ async fn a_cancel_while_a_replay_probe_waits_for_a_connection_answers_at_once() 
     )
     .await;
     let c = env.connect().await;
-    c.execute("insert into kv values (1, 1)", &[])
-        .await
-        .unwrap();
-    let token = c.cancel_token();
-    let read = tokio::time::timeout(
-        Duration::from_secs(20),
-        c.query_one("select v from kv where k = 1", &[]),
-    );
-    let canceller = async {
-        let pools = &env.proxy.shared.pools;
-        wait_for(
-            "the probe waiting for a replica connection",
-            Duration::from_secs(20),
-            || {
-                let waiting = pools.all().iter().any(|(_, e)| e.pool.status().waiting > 0);
-                async move { waiting.then_some(()) }
-            },
-        )
-        .await;
-        token
-            .cancel_query(tokio_postgres::NoTls)
-            .await
-            .expect("cancel request sent");
-    };
+    let (token, read) = write_then_read(&c).await;
+    let pools = &env.proxy.shared.pools;
+    let canceller = cancel_once(token, "the probe waiting for a replica connection", || {
+        let waiting = pools.all().iter().any(|(_, e)| e.pool.status().waiting > 0);
+        async move { waiting.then_some(()) }
+    });
     let (result, ()) = tokio::join!(read, canceller);
-    match result.expect("the cancel is answered before the wait ends") {
-        Ok(row) => panic!("expected 57014, the read ran: {row:?}"),
-        Err(e) => assert_eq!(common::sqlstate(&e).as_deref(), Some("57014"), "{e:?}"),
-    }
+    assert_cancelled(result);
     for s in sleepers {
         s.abort();
     }
