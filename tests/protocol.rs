@@ -1780,6 +1780,10 @@ async fn a_cancel_while_waiting_for_a_server_answers_at_once() {
     holder.batch_execute("begin; select 1").await.unwrap();
     let token = client.cancel_token();
     let insert = client.simple_query("insert into waited values (1)");
+    // Cancels go on until the insert ends: the pool also counts the proxy's first,
+    // non-waiting try as a waiter, and a cancel landing then finds nothing to cancel (as
+    // one landing between two queries does in PostgreSQL). Only a cancel of the wait can
+    // end the insert before the holder commits.
     let canceller = async {
         let pools = &env.proxy.shared.pools;
         common::wait_for("the insert waiting for a connection", DEADLINE, || {
@@ -1787,12 +1791,18 @@ async fn a_cancel_while_waiting_for_a_server_answers_at_once() {
             async move { waiting.then_some(()) }
         })
         .await;
-        token
-            .cancel_query(NoTls)
-            .await
-            .expect("cancel request sent");
+        loop {
+            token
+                .cancel_query(NoTls)
+                .await
+                .expect("cancel request sent");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     };
-    let (result, ()) = tokio::join!(insert, canceller);
+    let result = tokio::select! {
+        r = insert => r,
+        never = canceller => never,
+    };
     // Without the cancel it would fail after pool.checkout_timeout_ms with 53300.
     expect_code(result, "57014", "insert cancelled while waiting");
     holder.batch_execute("commit").await.unwrap();
