@@ -352,10 +352,7 @@ impl Session {
                     let node = node.clone();
                     match self.checkout_node(&node).await {
                         Ok(s) => {
-                            if cancelled.as_deref().is_some_and(cancel_came) {
-                                self.let_go(s);
-                                return Err(CheckoutError::Canceled);
-                            }
+                            let s = self.unless_cancelled(s, cancelled.as_deref())?;
                             shared.counters.read(if waited {
                                 ReadDecision::Waited
                             } else {
@@ -383,13 +380,8 @@ impl Session {
                 // has replayed a fresh commit: ask one directly meanwhile.
                 if let Some((s, node)) = self.probe_replay(&topo, &need, &tried, &mut probed).await
                 {
-                    // Pointed first, then checked: a cancel either left its permit
-                    // or goes to the server.
                     self.cancel_goes_to(&s);
-                    if cancel_came(&cancel) {
-                        self.let_go(s);
-                        return Err(CheckoutError::Canceled);
-                    }
+                    let s = self.unless_cancelled(s, Some(&cancel))?;
                     self.shared.counters.read(ReadDecision::Waited);
                     return Ok((s, node));
                 }
@@ -404,11 +396,24 @@ impl Session {
         }
         let primary = topo.primary().expect("config has a primary").clone();
         let s = self.checkout_node(&primary).await?;
-        if cancelled.as_deref().is_some_and(cancel_came) {
-            self.let_go(s);
+        let s = self.unless_cancelled(s, cancelled.as_deref())?;
+        Ok((s, primary))
+    }
+
+    /// The server just taken for the read (the client's cancel already points at it),
+    /// unless a cancel reached the session while the read waited: then it goes back.
+    /// Pointed first, then checked, so a cancel either left its permit or goes to the
+    /// server.
+    fn unless_cancelled(
+        &mut self,
+        server: Server,
+        waited: Option<&Notify>,
+    ) -> Result<Server, CheckoutError> {
+        if waited.is_some_and(cancel_came) {
+            self.let_go(server);
             return Err(CheckoutError::Canceled);
         }
-        Ok((s, primary))
+        Ok(server)
     }
 
     /// Asks the replica this read would use, were it not behind, how far it has

@@ -148,7 +148,7 @@ impl Session {
     /// Reports a failed checkout; returns whether to skip client messages to the next Sync.
     async fn checkout_failed(&mut self, e: CheckoutError, tag: u8) -> anyhow::Result<bool> {
         if matches!(e, CheckoutError::Canceled) {
-            tracing::debug!("request cancelled while waiting for a server connection");
+            tracing::debug!("request cancelled before it started (waiting for a server)");
         } else {
             tracing::warn!(error = %e, "server checkout failed");
         }
