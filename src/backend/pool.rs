@@ -23,7 +23,10 @@ impl managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
-        let conn = connect(&self.spec).await?;
+        // Boxed: connecting (TLS, authentication) is the largest state a checkout can
+        // reach, and every checkout future would otherwise carry it and be copied with
+        // it per request; a new connection is rare next to a checkout.
+        let conn = Box::pin(connect(&self.spec)).await?;
         *self.startup_params.lock().expect("params lock") = Some(conn.params.clone());
         Ok(conn)
     }
@@ -141,4 +144,44 @@ impl Pools {
 /// Marks the time a connection goes back, so the idle health check knows its age.
 pub fn touch(conn: &mut ServerConn) {
     conn.last_used = Instant::now();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerTlsMode;
+
+    /// Every request awaits a checkout inside its own future, which is moved once per
+    /// request; the connect state (TLS, authentication) inside it made that future
+    /// 6.3 KB in a release build and the request's 14.5 KB. Boxed, it is rare and apart.
+    #[test]
+    fn a_checkout_future_does_not_carry_a_connection_attempt() {
+        let pools = Pools::new(PoolSettings {
+            size: 1,
+            checkout_timeout: Duration::from_secs(1),
+            idle_check: Duration::from_secs(1),
+        });
+        let spec = || ConnectSpec {
+            node: "node".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            user: "user".into(),
+            password: String::new(),
+            database: "db".into(),
+            tls: ServerTlsMode::Disable,
+            connect_timeout: Duration::from_secs(1),
+            prepared_capacity: 1,
+            application_name: "test",
+        };
+        let entry = pools.get("db", "user", "node", spec);
+        let checkout = entry.pool.get();
+        let spec = spec();
+        let connect = connect(&spec);
+        let (checkout, connect) = (size_of_val(&checkout), size_of_val(&connect));
+        println!("checkout future {checkout} B, connect future {connect} B");
+        assert!(
+            checkout < 2 * connect,
+            "a checkout future ({checkout} B) holds a connect future ({connect} B)"
+        );
+    }
 }

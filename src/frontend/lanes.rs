@@ -376,8 +376,8 @@ impl Session {
     /// Waits for a lane's reply. A cancel meanwhile is answered here: the read has no
     /// effect to undo, and its reply, when it comes, is dropped. None: the lane could
     /// not serve it (its server failed), so the usual path must.
-    async fn await_lane(&mut self, rx: oneshot::Receiver<LaneReply>) -> Option<LaneReply> {
-        match self.answering_cancel(rx).await {
+    async fn await_lane(&mut self, mut rx: oneshot::Receiver<LaneReply>) -> Option<LaneReply> {
+        match self.answering_cancel(std::pin::Pin::new(&mut rx)).await {
             Some(reply) => reply.ok(),
             None => {
                 let mut out = BytesMut::new();

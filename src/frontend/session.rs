@@ -18,6 +18,7 @@ use bytes::BytesMut;
 use deadpool::managed::{Object, PoolError, TimeoutType, Timeouts};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -303,7 +304,7 @@ impl Session {
     /// Waits for a server connection from an exhausted pool. A cancel meanwhile is
     /// answered at once: the request has not started, so there is nothing to undo.
     async fn wait_for_server(&mut self, pool: &ServerPool) -> Result<Server, CheckoutError> {
-        let got = self.answering_cancel(pool.get()).await;
+        let got = self.answering_cancel(std::pin::pin!(pool.get())).await;
         got.map_or(Err(CheckoutError::Canceled), |r| {
             r.map_err(CheckoutError::Pool)
         })
@@ -314,7 +315,12 @@ impl Session {
     /// The target before it is put back after, so waits can nest (a pool wait within
     /// a wait for a replica to catch up); a cancel of the inner wait is passed on to the
     /// outer one, whose caller may not see the inner one's result (a probe's checkout).
-    pub(super) async fn answering_cancel<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+    /// `work` is pinned by the caller: moved in, a pool checkout would be held twice in
+    /// this future (argument and select), kilobytes copied per request.
+    pub(super) async fn answering_cancel<T>(
+        &self,
+        work: Pin<&mut impl Future<Output = T>>,
+    ) -> Option<T> {
         let cancelled = Arc::new(Notify::new());
         let before = self
             .cancel
