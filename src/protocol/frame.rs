@@ -5,7 +5,10 @@
 use super::Stream;
 use bytes::{Buf, BytesMut};
 use std::io;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 /// How much to grow the read buffer by when it runs out of room.
 const READ_CHUNK: usize = 8 * 1024;
@@ -57,10 +60,31 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
     }))
 }
 
+/// Reads what a ready socket holds into a buffer of just that size, through a chunk on
+/// the stack. Pending when there was nothing after all (the readiness was stale); the
+/// socket's waker is then re-armed by the caller.
+fn read_into_exact(tcp: &mut tokio::net::TcpStream) -> Poll<io::Result<BytesMut>> {
+    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut rb = ReadBuf::uninit(&mut chunk);
+    let mut cx = Context::from_waker(Waker::noop());
+    // poll_read, not try_read: a short read also clears the socket's readiness, so the
+    // next wait sleeps instead of returning at once into a read that finds nothing.
+    match Pin::new(tcp).poll_read(&mut cx, &mut rb) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(BytesMut::from(rb.filled()))),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 pub struct FramedStream {
     pub stream: Stream,
     rbuf: BytesMut,
     max_len: usize,
+    /// Set once the owner gives the buffer back between requests (`release_buffer`): a
+    /// request then arrives in a buffer of just its size, read through the stack, and a
+    /// message filling it takes it whole. That is one small allocation per request, not
+    /// a read-sized buffer plus the header that splitting one into two handles needs.
+    exact: bool,
 }
 
 impl FramedStream {
@@ -69,6 +93,7 @@ impl FramedStream {
             stream,
             rbuf: BytesMut::new(),
             max_len,
+            exact: false,
         }
     }
 
@@ -78,6 +103,7 @@ impl FramedStream {
             stream,
             rbuf,
             max_len,
+            exact: false,
         }
     }
 
@@ -94,16 +120,30 @@ impl FramedStream {
     /// Cancel-safe: partial data stays in the buffer.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
-            if let Some(frame) = split_frame(&mut self.rbuf, self.max_len)? {
-                return Ok(Some(frame));
+            if let Some(total) = frame_len(&self.rbuf, self.max_len)? {
+                let data = if self.exact && total == self.rbuf.len() {
+                    std::mem::take(&mut self.rbuf)
+                } else {
+                    self.rbuf.split_to(total)
+                };
+                return Ok(Some(Frame { tag: data[0], data }));
             }
             if self.rbuf.capacity() == 0 {
                 // An idle connection holds no buffer: wait until there is something
                 // to read before allocating one (TLS streams cannot tell; they read).
-                if let Stream::Plain(tcp) = &self.stream {
+                if let Stream::Plain(tcp) = &mut self.stream {
                     // poll_read_ready, not readable(): it waits through the socket's own
                     // waker slot, so an idle client's future carries no waiter node.
                     std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
+                    if self.exact {
+                        match read_into_exact(tcp) {
+                            Poll::Ready(Ok(got)) if got.is_empty() => return Ok(None),
+                            Poll::Ready(Ok(got)) => self.rbuf = got,
+                            Poll::Ready(Err(e)) => return Err(e.into()),
+                            Poll::Pending => {}
+                        }
+                        continue;
+                    }
                 }
             }
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
@@ -145,6 +185,7 @@ impl FramedStream {
 
     /// Gives the read buffer back entirely when nothing is pending (between requests).
     pub fn release_buffer(&mut self) {
+        self.exact = true;
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
