@@ -10,7 +10,7 @@ use crate::config::{ConsistencyMode, LagSource};
 use crate::consistency::clock::UNREACHABLE;
 use crate::consistency::lsn;
 use crate::router::analysis::{Analysis, SetStmt};
-use crate::router::fingerprint::leading_hint;
+use crate::router::fingerprint::{leading_hint, Hint};
 use crate::router::plan::{self, Plan, RequestPart, Route, RouteOverride, SessionView};
 use crate::topology::balancer::{self, Draw};
 use crate::topology::{Node, ReadNeed, Topology};
@@ -47,11 +47,30 @@ fn node_unavailable(e: &BackendError) -> bool {
     }
 }
 
+/// The statements of one request: nearly always one, which then needs no heap.
+#[derive(Default)]
+struct Analyses {
+    first: Option<(Arc<Analysis>, Option<Hint>)>,
+    more: Vec<(Arc<Analysis>, Option<Hint>)>,
+}
+
+impl Analyses {
+    fn push(&mut self, a: (Arc<Analysis>, Option<Hint>)) {
+        match self.first {
+            None => self.first = Some(a),
+            Some(_) => self.more.push(a),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Arc<Analysis>, Option<Hint>)> {
+        self.first.iter().chain(&self.more)
+    }
+}
+
 impl Session {
     /// Decides where a complete request goes, and what a replica must have replayed.
     pub(super) fn route(&mut self, req: &[u8]) -> (Plan, Needed) {
-        let mut analyses: Vec<(Arc<Analysis>, Option<crate::router::fingerprint::Hint>)> =
-            Vec::new();
+        let mut analyses = Analyses::default();
         let mut function_call = false;
         let mut executes = false;
         let mut rest = req;
@@ -79,24 +98,40 @@ impl Session {
             rest = rest.get(len + 1..).unwrap_or(&[]);
         }
         self.request_executes = executes || req.first() == Some(&b'Q');
-        self.routed = match analyses.as_slice() {
-            [(a, _)] if req.first() == Some(&b'Q') => Some(a.clone()),
+        self.routed = match &analyses {
+            Analyses {
+                first: Some((a, _)),
+                more,
+            } if more.is_empty() && req.first() == Some(&b'Q') => Some(a.clone()),
             _ => None,
         };
-        let mut parts: Vec<RequestPart<'_>> = analyses
-            .iter()
-            .map(|(a, h)| RequestPart::Sql(a, *h))
-            .collect();
-        if function_call {
-            parts.push(RequestPart::FunctionCall);
-        }
+        // One statement, the usual request, is planned without building a Vec.
+        let one: [RequestPart<'_>; 1];
+        let many: Vec<RequestPart<'_>>;
+        let parts: &[RequestPart<'_>] = match &analyses {
+            Analyses {
+                first: Some((a, h)),
+                more,
+            } if more.is_empty() && !function_call => {
+                one = [RequestPart::Sql(a, *h)];
+                &one
+            }
+            _ => {
+                many = analyses
+                    .iter()
+                    .map(|(a, h)| RequestPart::Sql(a, *h))
+                    .chain(function_call.then_some(RequestPart::FunctionCall))
+                    .collect();
+                &many
+            }
+        };
         let view = SessionView {
             route_override: self.route_override,
             held: self.mode == PoolMode::Session || self.pinned.is_some(),
         };
         let topo = self.shared.topology.load();
         let p = plan::plan(
-            &parts,
+            parts,
             &view,
             topo.has_usable_replica(),
             &self.shared.config.routing,
@@ -108,8 +143,8 @@ impl Session {
         let min_position = self.min_position_of(analyses.iter().map(|(a, _)| a));
         // A commit of a table it reads is still being captured: the position is asked
         // again while the read waits.
-        let recheck =
-            (min_position == UNREACHABLE).then(|| analyses.into_iter().map(|(a, _)| a).collect());
+        let recheck = (min_position == UNREACHABLE)
+            .then(|| analyses.iter().map(|(a, _)| a.clone()).collect());
         (
             p,
             Needed {

@@ -89,7 +89,7 @@ impl Balancer {
 /// Keeps the candidates that are about as near as the nearest one (within a band of
 /// max(5 ms, the nearest RTT) above it), unless they are all `tolerance` queries busier
 /// than the least busy farther one. Nodes without an RTT yet count as near.
-pub fn nearest(candidates: Vec<&Arc<Node>>, tolerance: usize) -> Vec<&Arc<Node>> {
+pub fn nearest(mut candidates: Vec<&Arc<Node>>, tolerance: usize) -> Vec<&Arc<Node>> {
     let Some(min) = candidates
         .iter()
         .map(|n| n.runtime.rtt_us())
@@ -101,20 +101,21 @@ pub fn nearest(candidates: Vec<&Arc<Node>>, tolerance: usize) -> Vec<&Arc<Node>>
     // Local replicas differ by noise (and by load, under which RTTs swing by
     // milliseconds); another region differs by tens of milliseconds.
     let band = min + min.max(5_000);
-    let (near, far): (Vec<_>, Vec<_>) = candidates
-        .iter()
-        .copied()
-        .partition(|n| n.runtime.rtt_us() <= band);
-    let near_load = near
-        .iter()
-        .map(|n| n.runtime.outstanding())
-        .min()
-        .unwrap_or(usize::MAX);
-    let far_load = far.iter().map(|n| n.runtime.outstanding()).min();
-    match far_load {
-        Some(f) if near_load >= f + tolerance => candidates,
-        _ => near,
+    let near = |n: &&Arc<Node>| n.runtime.rtt_us() <= band;
+    let load_of = |want_near: bool| {
+        candidates
+            .iter()
+            .filter(|n| near(n) == want_near)
+            .map(|n| n.runtime.outstanding())
+            .min()
+    };
+    let near_load = load_of(true).unwrap_or(usize::MAX);
+    match load_of(false) {
+        Some(f) if near_load >= f + tolerance => {}
+        // In place: this runs for every replica read.
+        _ => candidates.retain(near),
     }
+    candidates
 }
 
 #[cfg(test)]
