@@ -99,6 +99,8 @@ pub(super) fn put_parse(name: &str, p: &Parameterized, to_server: &mut BytesMut)
 /// Bind (the literals of the Query body `sql`, in text), Describe and Execute of the
 /// server statement `name`: what the simple protocol would have run, without Sync.
 pub(super) fn put_execute(name: &str, p: &Parameterized, sql: &[u8], to_server: &mut BytesMut) {
+    // All three messages at once: values are slices of `sql`, each with a 4-byte length.
+    to_server.reserve(32 + name.len() + sql.len() + 4 * p.values.len());
     put_message(to_server, b'B', |m| {
         put_cstr(m, b"");
         put_cstr(m, name.as_bytes());

@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Requests written and not yet answered, at most: PostgreSQL reads them in one go.
 const MAX_IN_FLIGHT: usize = 32;
+/// Room a reply that needs a ParseComplete put in front starts with (see `write`).
+const RENAMED_REPLY: usize = 256;
 /// A lane idle this long gives its server connection back to the pool.
 const IDLE: Duration = Duration::from_secs(10);
 /// A reply larger than this is not held by the lane: the read runs the usual way, which
@@ -223,7 +225,7 @@ fn on_frame(
         wire.stalled = false;
         state.stalled.store(false, Ordering::Relaxed);
     }
-    finish(lanes, flight);
+    finish(lanes, flight, frame.data);
 }
 
 impl Wire {
@@ -295,6 +297,9 @@ fn write(
     let mut out = BytesMut::new();
     if req.shape == Shape::Renamed {
         // The client's Parse: the statement exists (or was just created) under its name.
+        // The server's replies are copied in behind it: room for a short read's whole
+        // reply up front, not a regrowth per message.
+        out.reserve(RENAMED_REPLY);
         out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
     }
     Flight {
@@ -372,13 +377,19 @@ fn on_server(
 }
 
 /// The request's ReadyForQuery came: its client gets its reply, or runs it as sent.
-fn finish(lanes: &Lanes, mut f: Flight) {
+fn finish(lanes: &Lanes, mut f: Flight, ready: BytesMut) {
     let Some(to) = f.reply.take() else { return };
     let reply = if f.fall_back {
         LaneReply::FallBack
     } else {
-        // Autocommit reads: the client is idle again, as PostgreSQL would say.
-        f.out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        // Autocommit reads: the client is idle again, as PostgreSQL would say. The
+        // server's own ReadyForQuery says so too, and follows the reply in the read
+        // buffer: passing it on joins the two without a copy.
+        if ready[..] == [b'Z', 0, 0, 0, 5, b'I'] {
+            f.out.unsplit(ready);
+        } else {
+            f.out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        }
         lanes.count_served();
         LaneReply::Done(f.out)
     };

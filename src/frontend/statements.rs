@@ -31,6 +31,10 @@ struct Statements {
     /// server connection that did not see its Parse.
     unnamed: Option<Arc<Stmt>>,
     unnamed_ready: bool,
+    /// The last unnamed statement a lane ran, with its server name and renamed Parse:
+    /// a client sending the same Parse each time (drivers' usual unnamed statements)
+    /// reuses them instead of building them again per request.
+    lane_renamed: Option<(Arc<Stmt>, Arc<str>, Bytes)>,
 }
 
 /// Splits a NUL-terminated string off the front of `b`.
@@ -47,6 +51,20 @@ fn message(tag: u8, parts: &[&[u8]]) -> BytesMut {
     for p in parts {
         m.put_slice(p);
     }
+    m
+}
+
+/// A Bind of the unnamed portal to statement `name`, in a buffer with room for the
+/// `more` bytes of Describe, Execute and Sync that follow it.
+fn bind(name: &[u8], tail: &[u8], more: usize) -> BytesMut {
+    let len = 4 + 1 + name.len() + 1 + tail.len();
+    let mut m = BytesMut::with_capacity(1 + len + more);
+    m.put_u8(b'B');
+    m.put_u32(len as u32);
+    m.put_u8(0);
+    m.put_slice(name);
+    m.put_u8(0);
+    m.put_slice(tail);
     m
 }
 
@@ -179,12 +197,15 @@ impl ClientStatements {
                     if !name.is_empty() {
                         return None;
                     }
-                    let stmt = Stmt {
-                        server_name: "".into(),
-                        analysis: cache.analyze(sql),
-                        parse: Bytes::copy_from_slice(frame),
-                    };
-                    parsed = Some(Arc::new(stmt));
+                    let same = self.0.as_ref().and_then(|s| s.unnamed.as_ref());
+                    parsed = Some(match same.filter(|u| u.parse[..] == *frame) {
+                        Some(u) => u.clone(),
+                        None => Arc::new(Stmt {
+                            server_name: "".into(),
+                            analysis: cache.analyze(sql),
+                            parse: Bytes::copy_from_slice(frame),
+                        }),
+                    });
                 }
                 b'B' if read.is_none() => {
                     let (portal, after) = cstr(body)?;
@@ -194,14 +215,23 @@ impl ClientStatements {
                     }
                     read = Some(if stmt.is_empty() {
                         let p = parsed.as_ref()?;
-                        // Named after its text and parameter types, as a client's named
-                        // statements are: the same SQL shares one server statement.
-                        let after_name = &p.parse[6..];
-                        let server_name = server_name_for(after_name);
-                        let mut n = server_name.as_bytes().to_vec();
-                        n.push(0);
-                        let parse = message(b'P', &[&n, after_name]).freeze();
-                        msgs.unsplit(message(b'B', &[b"\0", &n, tail]));
+                        let last = self.0.as_ref().and_then(|s| s.lane_renamed.as_ref());
+                        let (server_name, parse) = match last.filter(|l| Arc::ptr_eq(&l.0, p)) {
+                            Some((_, name, parse)) => (name.clone(), parse.clone()),
+                            None => {
+                                // Named after its text and parameter types, as a client's
+                                // named statements are: the same SQL shares one server
+                                // statement.
+                                let after_name = &p.parse[6..];
+                                let name = server_name_for(after_name);
+                                let n = name.as_bytes();
+                                (
+                                    name.clone(),
+                                    message(b'P', &[n, b"\0", after_name]).freeze(),
+                                )
+                            }
+                        };
+                        msgs = bind(server_name.as_bytes(), tail, rest.len());
                         LaneRead {
                             key: hash(server_name.as_bytes()),
                             ensure: (server_name, parse),
@@ -211,9 +241,7 @@ impl ClientStatements {
                         }
                     } else {
                         let s = self.0.as_ref()?.map.get(stmt)?;
-                        let mut n = s.server_name.as_bytes().to_vec();
-                        n.push(0);
-                        msgs.unsplit(message(b'B', &[b"\0", &n, tail]));
+                        msgs = bind(s.server_name.as_bytes(), tail, rest.len());
                         LaneRead {
                             ensure: (s.server_name.clone(), s.parse.clone()),
                             msgs: BytesMut::new(),
@@ -237,6 +265,10 @@ impl ClientStatements {
                         // The client's unnamed statement, for a later Bind that lands on
                         // a server connection without it.
                         let s = self.0.get_or_insert_with(Box::default);
+                        if read.shape == super::lanes::Shape::Renamed {
+                            let (name, parse) = &read.ensure;
+                            s.lane_renamed = Some((p.clone(), name.clone(), parse.clone()));
+                        }
                         s.unnamed = Some(p);
                         s.unnamed_ready = false;
                     }
