@@ -65,6 +65,11 @@ impl Analyses {
     fn iter(&self) -> impl Iterator<Item = &(Arc<Analysis>, Option<Hint>)> {
         self.first.iter().chain(&self.more)
     }
+
+    /// The request's statement, when it has exactly one.
+    fn single(&self) -> Option<&(Arc<Analysis>, Option<Hint>)> {
+        self.first.as_ref().filter(|_| self.more.is_empty())
+    }
 }
 
 impl Session {
@@ -98,21 +103,15 @@ impl Session {
             rest = rest.get(len + 1..).unwrap_or(&[]);
         }
         self.request_executes = executes || req.first() == Some(&b'Q');
-        self.routed = match &analyses {
-            Analyses {
-                first: Some((a, _)),
-                more,
-            } if more.is_empty() && req.first() == Some(&b'Q') => Some(a.clone()),
+        self.routed = match analyses.single() {
+            Some((a, _)) if req.first() == Some(&b'Q') => Some(a.clone()),
             _ => None,
         };
         // One statement, the usual request, is planned without building a Vec.
         let one: [RequestPart<'_>; 1];
         let many: Vec<RequestPart<'_>>;
-        let parts: &[RequestPart<'_>] = match &analyses {
-            Analyses {
-                first: Some((a, h)),
-                more,
-            } if more.is_empty() && !function_call => {
+        let parts: &[RequestPart<'_>] = match analyses.single() {
+            Some((a, h)) if !function_call => {
                 one = [RequestPart::Sql(a, *h)];
                 &one
             }

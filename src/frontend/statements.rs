@@ -44,8 +44,13 @@ fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 fn message(tag: u8, parts: &[&[u8]]) -> BytesMut {
+    message_with_room(tag, parts, 0)
+}
+
+/// `message`, in a buffer with room for `more` bytes to follow it.
+fn message_with_room(tag: u8, parts: &[&[u8]], more: usize) -> BytesMut {
     let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
-    let mut m = BytesMut::with_capacity(len + 1);
+    let mut m = BytesMut::with_capacity(len + 1 + more);
     m.put_u8(tag);
     m.put_u32(len as u32);
     for p in parts {
@@ -57,15 +62,7 @@ fn message(tag: u8, parts: &[&[u8]]) -> BytesMut {
 /// A Bind of the unnamed portal to statement `name`, in a buffer with room for the
 /// `more` bytes of Describe, Execute and Sync that follow it.
 fn bind(name: &[u8], tail: &[u8], more: usize) -> BytesMut {
-    let len = 4 + 1 + name.len() + 1 + tail.len();
-    let mut m = BytesMut::with_capacity(1 + len + more);
-    m.put_u8(b'B');
-    m.put_u32(len as u32);
-    m.put_u8(0);
-    m.put_slice(name);
-    m.put_u8(0);
-    m.put_slice(tail);
-    m
+    message_with_room(b'B', &[b"\0", name, b"\0", tail], more)
 }
 
 fn server_name_for(body_after_name: &[u8]) -> Arc<str> {
