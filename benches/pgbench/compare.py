@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import cpu
 import idle
 from topology import APP_DB, APP_PASSWORD, APP_USER, Children, Poolers, Sandbox, rss_bytes
 
@@ -106,6 +107,8 @@ class Result:
     avg_ms: float
     p99_ms: float
     connect_ms: float  # pgbench's initial connection time (all clients), progress log only
+    # With --cpu: (pooler, of which user, PostgreSQL, pgbench) µs per transaction.
+    cpu_us: tuple[float, float, float, float] | None = None
 
 
 def parse_args():
@@ -130,6 +133,8 @@ def parse_args():
     ap.add_argument("--idle-clients", type=int, default=10000, help="for the memory figures")
     ap.add_argument("--sampling-rate", type=float, default=1.0,
                     help="pgbench --sampling-rate for the p99 logs (lower it for long runs)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="also report CPU per transaction: pooler (user), PostgreSQL, pgbench")
     ap.add_argument("--quick", action="store_true",
                     help=f"-T 5, 1 round, clients {QUICK_CLIENTS}: checks the harness, "
                          "not a result")
@@ -196,9 +201,11 @@ class RssSampler:
             self._thread.join()
 
 
-def run_pgbench(a, w: Workload, clients: int, port: int, workdir: str
+def run_pgbench(a, w: Workload, clients: int, port: int, workdir: str,
+                counted: tuple[int | None, list[int]] | None = None
                 ) -> Result | tuple[str, str]:
-    """A Result, or (table cell, first error line) when the run failed."""
+    """A Result, or (table cell, first error line) when the run failed. With `counted`
+    (pooler pid or None, postmaster pids), the Result carries CPU per transaction."""
     logdir = tempfile.mkdtemp(dir=workdir, prefix="log-")
     argv = [pgbench_bin(), *conn_args(port), "-n", "-c", str(clients),
             "-j", str(min(clients, a.threads)), "-T", str(a.duration),
@@ -208,10 +215,12 @@ def run_pgbench(a, w: Workload, clients: int, port: int, workdir: str
     if w.script:
         argv += ["-f", os.path.join(workdir, f"{w.key}.sql")]
     argv.append(APP_DB)
+    before = cpu.snapshot(*counted) if counted else None
     try:
         # The timeout turns a pooler deadlock into a recorded failure instead of a hang.
         out = subprocess.run(argv, env=pgbench_env(), capture_output=True, text=True,
                              timeout=a.duration + 120)
+        used = cpu.snapshot(*counted) - before if counted else None
         latencies = read_latencies(logdir)
     except subprocess.TimeoutExpired:
         return "n/a (timeout)", f"pgbench still running after {a.duration + 120} s"
@@ -226,10 +235,13 @@ def run_pgbench(a, w: Workload, clients: int, port: int, workdir: str
         # -T counts from before the clients connect: slow logins can use up a short run.
         return "n/a (no transactions)", ("no transaction completed; initial connection time "
                                          + stats.get("initial connection time", "?"))
+    done = next((int(l.split(":")[1].split()[0]) for l in out.stdout.splitlines()
+                 if l.startswith("number of transactions actually processed")), 0)
     return Result(tps=float(stats["tps"].split()[0]),
                   avg_ms=float(stats["latency average"].split()[0]),
                   p99_ms=percentile(latencies, 0.99) / 1000,
-                  connect_ms=float(stats.get("initial connection time", "nan").split()[0]))
+                  connect_ms=float(stats.get("initial connection time", "nan").split()[0]),
+                  cpu_us=cpu.per_transaction(used, done) if used else None)
 
 
 def read_latencies(logdir: str) -> list[int]:
@@ -256,6 +268,7 @@ def pool_size_for(a, clients: int) -> int:
 def benchmark(a, poolers: Poolers, workdir: str):
     """Returns {(workload key, clients, path name): [Result | (error, detail)]} and peak RSS."""
     results, rss_under_load = {}, {}
+    postmasters = poolers.sandbox.postmasters() if a.cpu else []
     plan = [(w, c) for w in a.workloads for c in a.clients]
     total = sum(len(paths_for(a, c)) for _, c in plan) * a.rounds
     n = 0
@@ -267,16 +280,48 @@ def benchmark(a, poolers: Poolers, workdir: str):
             for p in paths_for(a, c):
                 n += 1
                 ep = poolers.endpoint(p, pool_size_for(a, c))
+                counted = (ep.pid, postmasters) if a.cpu else None
                 with RssSampler(ep.pid if c == RSS_LOAD_CLIENTS else None) as rss:
-                    res = run_pgbench(a, w, c, ep.port, workdir)
+                    res = run_pgbench(a, w, c, ep.port, workdir, counted)
                 if rss.peak:
                     rss_under_load[p.name] = max(rss_under_load.get(p.name, 0), rss.peak)
                 results.setdefault((w.key, c, p.name), []).append(res)
                 shown = (f"{res.tps:9.0f} tps  avg {res.avg_ms:.3f} ms  p99 {res.p99_ms:.3f} ms"
-                         f"  (connect {res.connect_ms:.0f} ms)"
+                         f"  (connect {res.connect_ms:.0f} ms)" + cpu_shown(res)
                          if isinstance(res, Result) else f"{res[0]}: {res[1]}")
                 log(f"[{n}/{total}] {w.key:15} c={c:<4} round {r + 1} {p.name:15} {shown}")
     return results, rss_under_load
+
+
+def cpu_shown(res: Result) -> str:
+    if res.cpu_us is None:
+        return ""
+    pooler, user, pg, bench = res.cpu_us
+    return (f"  cpu/txn: pooler {pooler:.1f} us ({user:.1f} user), postgres {pg:.1f},"
+            f" pgbench {bench:.1f}")
+
+
+def cpu_table(a, results, w: Workload, names: list[str]) -> list[str]:
+    """Medians over the rounds of each path's CPU per transaction, for one workload."""
+    out = ["CPU per transaction (µs, median over rounds; logins included): pooler (its "
+           "user-space part), PostgreSQL (all three servers), pgbench (with its -l log).", ""]
+    head = ["clients"] + [f"{n} {col}" for n in names
+                          for col in ("pooler (user)", "PostgreSQL", "pgbench", "sum")]
+    out += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for c in a.clients:
+        cells = [str(c)]
+        for n in names:
+            runs = [r for r in results.get((w.key, c, n), [])
+                    if isinstance(r, Result) and r.cpu_us]
+            if not runs:
+                cells += ["—"] * 4
+                continue
+            pooler, user, pg, bench = (statistics.median(r.cpu_us[i] for r in runs)
+                                       for i in range(4))
+            cells += [f"{pooler:.1f} ({user:.1f})" if pooler else "—", f"{pg:.1f}",
+                      f"{bench:.1f}", f"{pooler + pg + bench:.1f}"]
+        out.append("| " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def paths_for(a, clients: int) -> list[Path]:
@@ -357,6 +402,8 @@ def report(a, results, rss_under_load, memory, versions) -> str:
                       for x, y in ratios]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+        if a.cpu:
+            out += cpu_table(a, results, w, names)
     if notes:
         out += ["Failures (first error of the run):", ""] + [f"- {n}" for n in notes] + [""]
     out += ["## Memory (VmRSS)", "",

@@ -146,6 +146,15 @@ class Sandbox:
                              check=True, capture_output=True, text=True)
         return out.stdout.strip()
 
+    def postmasters(self) -> list[int]:
+        """The pid of each server's postmaster (first line of its postmaster.pid)."""
+        pids = []
+        for port in [self.primary, *self.replicas]:
+            datadir = self.psql(port, "SHOW data_directory")
+            with open(os.path.join(datadir, "postmaster.pid")) as f:
+                pids.append(int(f.readline()))
+        return pids
+
     def wait_replicas_caught_up(self, timeout=120.0):
         lsn = self.psql(self.primary, "SELECT pg_current_wal_lsn()")
         deadline = time.monotonic() + timeout
