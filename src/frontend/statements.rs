@@ -190,16 +190,16 @@ impl ClientStatements {
             match tag {
                 b'P' if read.is_none() && parsed.is_none() => {
                     let (name, after) = cstr(body)?;
-                    let sql = std::str::from_utf8(cstr(after)?.0).ok()?;
                     if !name.is_empty() {
                         return None;
                     }
+                    // The same Parse as last time was checked and analysed then.
                     let same = self.0.as_ref().and_then(|s| s.unnamed.as_ref());
                     parsed = Some(match same.filter(|u| u.parse[..] == *frame) {
                         Some(u) => u.clone(),
                         None => Arc::new(Stmt {
                             server_name: "".into(),
-                            analysis: cache.analyze(sql),
+                            analysis: cache.analyze(std::str::from_utf8(cstr(after)?.0).ok()?),
                             parse: Bytes::copy_from_slice(frame),
                         }),
                     });
