@@ -1,5 +1,6 @@
 """The proxy's user-space cost per transaction, counted by callgrind: instructions and
-heap allocations per pgbench -S transaction, per protocol mode, for one build or two.
+heap allocations per pgbench transaction (-S in each protocol mode, and an autocommit
+UPDATE), for one build or two.
 
 Counts, not times: they barely move from run to run on a busy shared machine, where TPS
 moves by 10%. The sandbox runs under valgrind (its PostgreSQL children do not), pgbench
@@ -20,7 +21,16 @@ import time
 
 from topology import APP_DB, APP_PASSWORD, APP_USER, free_port
 
-MODES = ["simple", "extended", "prepared"]
+# pgbench arguments per mode. "update" is one autocommit write: the pooled path to the
+# primary, plus the commit-position capture.
+UPDATE_SCRIPT = ("\\set aid random(1, 100000)\n\\set delta random(-5000, 5000)\n"
+                 "UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n")
+MODES = {
+    "simple": ["-S", "-M", "simple"],
+    "extended": ["-S", "-M", "extended"],
+    "prepared": ["-S", "-M", "prepared"],
+    "update": ["-f", "{update}"],
+}
 # Key derivation for SCRAM logins to the servers (PBKDF2 over SHA-256).
 SCRAM = ("sha2::", "pbkdf2::", "hmac::")
 
@@ -61,15 +71,19 @@ def short(name: str) -> str:
     return name.replace("{{closure}}", "").replace("::::", "::")[:90]
 
 
-def pgbench(port: int, mode: str, clients: int, txns: int):
+def pgbench(port: int, mode: str, clients: int, txns: int, work: str):
     env = dict(os.environ, PGPASSWORD=APP_PASSWORD)
+    script = os.path.join(work, "update.sql")
+    with open(script, "w") as out:
+        out.write(UPDATE_SCRIPT)
+    args = [a.format(update=script) for a in MODES[mode]]
     subprocess.run(
-        ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
+        ["pgbench", "-n", *args, "-c", str(clients), "-j", str(min(clients, 2)),
          "-t", str(txns), "-h", "127.0.0.1", "-p", str(port), "-U", APP_USER, APP_DB],
         env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def measure(binary: str, clients: int, txns: int, top: int) -> dict:
+def measure(binary: str, clients: int, txns: int, top: int, modes: list[str]) -> dict:
     work = tempfile.mkdtemp(prefix="pgwarden-callgrind-")
     port, admin = free_port(), free_port()
     log = os.path.join(work, "sandbox.log")
@@ -92,11 +106,11 @@ def measure(binary: str, clients: int, txns: int, top: int) -> dict:
                         "-U", APP_USER, APP_DB], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out = {}
-        for mode in MODES:
-            pgbench(port, mode, clients, txns)  # pools, lanes and statements warm up
+        for mode in modes:
+            pgbench(port, mode, clients, txns, work)  # pools, lanes and statements warm up
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
                            stdout=subprocess.DEVNULL)
-            pgbench(port, mode, clients, txns)
+            pgbench(port, mode, clients, txns, work)
             before = set(glob.glob(f"{work}/cg.*.*"))
             subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
                            stdout=subprocess.DEVNULL)
@@ -131,27 +145,32 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--transactions", type=int, default=500, help="per client")
     ap.add_argument("--top", type=int, default=8, help="functions listed per mode")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="comma-separated, from: " + ", ".join(MODES))
     a = ap.parse_args()
+    modes = a.modes.split(",")
+    if unknown := [m for m in modes if m not in MODES]:
+        ap.error(f"unknown modes: {', '.join(unknown)}")
     builds = [("pgwarden", a.pgwarden)] + ([("baseline", a.baseline)] if a.baseline else [])
     results = {}
     for name, binary in builds:
         print(f"counting {name} ({binary}) under callgrind...", file=sys.stderr)
-        results[name] = measure(binary, a.clients, a.transactions, a.top)
-    print(f"\nUser-space instructions and malloc calls per `pgbench -S` transaction in the "
+        results[name] = measure(binary, a.clients, a.transactions, a.top, modes)
+    print(f"\nUser-space instructions and malloc calls per pgbench transaction in the "
           f"proxy, {a.clients} clients x {a.transactions} transactions (callgrind), without "
           f"SCRAM key derivation for server connections opened meanwhile (per transaction: "
-          + ", ".join(f"{n} {m} {results[n][m][2]:,.0f}" for n, _ in builds for m in MODES)
+          + ", ".join(f"{n} {m} {results[n][m][2]:,.0f}" for n, _ in builds for m in modes)
           + ").\n")
     head = "| mode | " + " | ".join(f"{n} instructions | {n} mallocs" for n, _ in builds)
     head += " | pgwarden/baseline |" if a.baseline else " |"
     print(head)
     print("|---" * (1 + 2 * len(builds) + (1 if a.baseline else 0)) + "|")
-    for mode in MODES:
+    for mode in modes:
         cells = [f"{results[n][mode][0]:,.0f} | {results[n][mode][1]:.1f}" for n, _ in builds]
         ratio = (f" | {results['pgwarden'][mode][0] / results['baseline'][mode][0]:.2f}"
                  if a.baseline else "")
         print(f"| {mode} | " + " | ".join(cells) + ratio + " |")
-    for mode in MODES:
+    for mode in modes:
         print(f"\nTop functions (self instructions per transaction), pgwarden, {mode}:\n")
         for f, c in results["pgwarden"][mode][3]:
             print(f"- {c:,.0f} `{f}`")
