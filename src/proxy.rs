@@ -83,6 +83,7 @@ impl Proxy {
             size: config.pool.size,
             checkout_timeout: Duration::from_millis(config.pool.checkout_timeout_ms),
             idle_check: Duration::from_millis(config.pool.idle_check_ms),
+            capture_interval: Duration::from_millis(config.consistency.capture_interval_ms),
         });
         let listener = TcpListener::bind(config.listen)
             .await

@@ -244,6 +244,74 @@ async fn a_commit_after_rollback_to_savepoint_is_read_back() {
     resume_all(&env);
 }
 
+/// Under a steady stream of commits the sampler reads positions at most once per
+/// capture_interval_ms, commits in between share a read, and every one of them still
+/// gets a position: once the writers stop, the table is read on a replica, complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_share_position_reads_at_most_one_per_interval() {
+    const INTERVAL_MS: u64 = 250;
+    let env = consistency_env(&format!(
+        "consistency:\n  capture_interval_ms: {INTERVAL_MS}\nrouting:\n  sticky_reads: false\n"
+    ))
+    .await;
+    let replica_ports: HashSet<i32> = env.cluster.replicas.iter().map(|r| r.port as i32).collect();
+    let started = std::time::Instant::now();
+    let writing_until = started + Duration::from_millis(1200);
+    let next_key = Arc::new(AtomicU64::new(1));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let c = env.connect().await;
+        let next_key = next_key.clone();
+        writers.push(tokio::spawn(async move {
+            while std::time::Instant::now() < writing_until {
+                let k = next_key.fetch_add(1, Ordering::Relaxed) as i32;
+                c.execute("insert into kv values ($1, 1)", &[&k])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let written = next_key.load(Ordering::Relaxed) as i64 - 1;
+    let c = env.connect().await;
+    wait_for(
+        "every write read back on a replica",
+        Duration::from_secs(20),
+        || async {
+            let row = c
+                .query_one("select inet_server_port(), count(*) from kv", &[])
+                .await
+                .unwrap();
+            let count: i64 = row.get(1);
+            assert!(count >= written, "a stale read: {count} of {written} rows");
+            replica_ports.contains(&row.get::<_, i32>(0)).then_some(())
+        },
+    )
+    .await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let (_, primary) = env
+        .proxy
+        .shared
+        .pools
+        .all()
+        .into_iter()
+        .find(|(k, _)| k.node == "primary")
+        .expect("the primary's pool");
+    let reads = primary.positions.reads();
+    println!("{written} commits, {reads} position reads in {elapsed_ms} ms");
+    assert!(reads >= 1, "no position was read");
+    assert!(
+        reads <= elapsed_ms / INTERVAL_MS + 1,
+        "{reads} position reads in {elapsed_ms} ms: more than one per {INTERVAL_MS} ms"
+    );
+    assert!(
+        written >= 4 * reads as i64,
+        "{written} commits for {reads} reads: commits did not share reads"
+    );
+}
+
 /// capture_commits off: no commit positions, so a just-written table may be read from
 /// a replica that has not replayed it (every mode acts as eventual).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,8 @@ pub struct PoolSettings {
     pub size: usize,
     pub checkout_timeout: Duration,
     pub idle_check: Duration,
+    /// Least time between two reads of a pool's commit positions.
+    pub capture_interval: Duration,
 }
 
 /// A pool and what logins need from it without a checkout.
@@ -124,7 +126,7 @@ impl Pools {
         let entry = PoolEntry {
             pool,
             startup_params,
-            positions: Arc::default(),
+            positions: Arc::new(PositionSampler::new(self.settings.capture_interval)),
         };
         let key = PoolKey {
             database: database.to_owned(),
@@ -160,6 +162,7 @@ mod tests {
             size: 1,
             checkout_timeout: Duration::from_secs(1),
             idle_check: Duration::from_secs(1),
+            capture_interval: Duration::ZERO,
         });
         let spec = || ConnectSpec {
             node: "node".into(),

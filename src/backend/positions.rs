@@ -1,11 +1,13 @@
 //! Reads the primary's WAL positions for many commits at once: one query serves every
 //! commit acknowledged before it started, so under load commits share a round trip
-//! instead of paying one each.
+//! instead of paying one each, and reads start at most once per interval.
 
 use super::pool::ServerPool;
 use deadpool::managed::Object;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The primary's positions, read after the commits waiting for them were acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,38 +24,62 @@ pub struct Positions {
 const SQL: &str = "SELECT pg_current_wal_flush_lsn()::text, pg_current_wal_insert_lsn()::text, \
                    current_setting('synchronous_commit')";
 
-#[derive(Default)]
 pub struct PositionSampler {
     // Held only to add or take waiters, never across an await.
     state: Mutex<State>,
+    /// Least time between the starts of two reads. Without it, a read that finds one
+    /// commit waiting serves only that one: at 8 clients writing, nearly every commit
+    /// paid a query of its own on the primary.
+    min_interval: Duration,
+    reads: AtomicU64,
 }
+
+/// What a commit does with the positions read after it (None: the primary could not
+/// be asked). Called on the sampler's task: it must not block.
+pub type Waiter = Box<dyn FnOnce(Option<Positions>) + Send>;
 
 #[derive(Default)]
 struct State {
     running: bool,
-    waiting: Vec<oneshot::Sender<Option<Positions>>>,
+    waiting: Vec<Waiter>,
 }
 
 impl PositionSampler {
-    /// Positions read by a query that starts after this call; None when the primary
-    /// cannot be asked.
-    pub async fn after_now(self: &Arc<Self>, pool: &ServerPool) -> Option<Positions> {
-        let (tx, rx) = oneshot::channel();
+    pub fn new(min_interval: Duration) -> Self {
+        PositionSampler {
+            state: Mutex::default(),
+            min_interval,
+            reads: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads started so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Has `then` called with the positions read by a query that starts after this
+    /// call. A callback, not a future: a commit then costs no task of its own.
+    pub fn after_now(self: &Arc<Self>, pool: &ServerPool, then: Waiter) {
         let start = {
             let mut s = self.state.lock().expect("sampler lock");
-            s.waiting.push(tx);
+            s.waiting.push(then);
             !std::mem::replace(&mut s.running, true)
         };
         if start {
             tokio::spawn(self.clone().run(pool.clone()));
         }
-        rx.await.ok().flatten()
     }
 
     /// Reads positions while anyone waits; each read answers those who were waiting
     /// when it started.
     async fn run(self: Arc<Self>, pool: ServerPool) {
+        let mut last_start: Option<Instant> = None;
         loop {
+            // Commits acknowledged meanwhile join this read rather than start their own.
+            if let Some(at) = last_start {
+                tokio::time::sleep_until(at + self.min_interval).await;
+            }
             let batch = {
                 let mut s = self.state.lock().expect("sampler lock");
                 if s.waiting.is_empty() {
@@ -62,9 +88,12 @@ impl PositionSampler {
                 }
                 std::mem::take(&mut s.waiting)
             };
+            last_start = Some(Instant::now());
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("pgwarden_commit_position_reads_total").increment(1);
             let read = sample(&pool).await;
-            for tx in batch {
-                let _ = tx.send(read);
+            for then in batch {
+                then(read);
             }
         }
     }

@@ -315,6 +315,9 @@ pub struct ConsistencyConfig {
     /// Read each committing write's position (one extra round trip on the server
     /// connection after the client has its reply). Off: every mode acts as eventual.
     pub capture_commits: bool,
+    /// Least time between two reads of the primary's commit positions by a pool's
+    /// sampler (transaction mode): under load, the commits in between share one read.
+    pub capture_interval_ms: u64,
 }
 
 impl Default for ConsistencyConfig {
@@ -331,6 +334,7 @@ impl Default for ConsistencyConfig {
             fleet_prefix: "pgwarden".into(),
             fleet_publish_wait_ms: 50,
             capture_commits: true,
+            capture_interval_ms: 1,
         }
     }
 }

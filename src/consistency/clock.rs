@@ -28,7 +28,11 @@ struct Pending {
 pub const UNREACHABLE: u64 = u64::MAX;
 
 fn key(db: &str, table: &str) -> String {
-    format!("{db}\u{1f}{}", table.to_ascii_lowercase())
+    let mut k = String::with_capacity(db.len() + 1 + table.len());
+    k.push_str(db);
+    k.push('\u{1f}');
+    k.extend(table.chars().map(|c| c.to_ascii_lowercase()));
+    k
 }
 
 /// Calls `f` with the key of (db, table), built on the stack when it fits: reads look
@@ -106,13 +110,14 @@ impl TableClock {
     pub fn end_commit<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>) {
         let mut pending = self.pending.write().expect("table clock lock");
         for t in tables {
-            let k = key(db, t);
-            if let Some(p) = pending.get_mut(&k) {
-                p.commits = p.commits.saturating_sub(1);
-                if p.commits == 0 {
-                    pending.remove(&k);
+            with_key(db, t, |k| {
+                if let Some(p) = pending.get_mut(k) {
+                    p.commits = p.commits.saturating_sub(1);
+                    if p.commits == 0 {
+                        pending.remove(k);
+                    }
                 }
-            }
+            });
         }
     }
 
@@ -120,8 +125,11 @@ impl TableClock {
     pub fn advance<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>, lsn: u64) {
         let mut map = self.map.write().expect("table clock lock");
         for t in tables {
-            let e = map.entry(key(db, t)).or_insert(0);
-            *e = (*e).max(lsn);
+            // A table written before (the usual case) is found without allocating a key.
+            let known = with_key(db, t, |k| map.get_mut(k).map(|e| *e = (*e).max(lsn)));
+            if known.is_none() {
+                map.insert(key(db, t), lsn);
+            }
         }
         metrics::gauge!("pgwarden_table_clock_entries").set(map.len() as f64);
     }

@@ -146,32 +146,34 @@ impl Session {
     }
 
     /// Gives the idle server back at once and has the position read by the pool's
-    /// sampler in a task of its own (one query serves all commits waiting for it): the
-    /// session goes on with its next request meanwhile.
+    /// sampler (one query serves all commits waiting for it): the session goes on with
+    /// its next request meanwhile.
     pub(super) fn capture_detached(&mut self, server: Server, pending: PendingCommit) {
         self.let_go(server);
         let target = self.capture_target();
-        let sampler = self.pool.positions.clone();
-        let pool = self.pool.pool.clone();
+        if target.shared.config.consistency.lag_source == LagSource::Aurora {
+            target.record_detached(pending, Some(now_ms()));
+            return;
+        }
         // A session that set synchronous_commit itself: the sampler's connection does
         // not see that setting, so only the insert position is sure to cover it.
         let session_async = self
             .params
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case("synchronous_commit"));
-        tokio::spawn(async move {
-            let position = match target.shared.config.consistency.lag_source {
-                LagSource::Postgres => sampler.after_now(&pool).await.map(|p| {
+        self.pool.positions.after_now(
+            &self.pool.pool,
+            Box::new(move |read| {
+                let position = read.map(|p| {
                     if pending.may_be_unflushed || session_async || p.sync_off {
                         p.insert
                     } else {
                         p.flush
                     }
-                }),
-                LagSource::Aurora => Some(now_ms()),
-            };
-            target.record(pending, position, false).await;
-        });
+                });
+                target.record_detached(pending, position);
+            }),
+        );
     }
 
     fn capture_target(&self) -> CaptureTarget {
@@ -206,6 +208,23 @@ impl CaptureTarget {
     }
 
     async fn record(&self, pending: PendingCommit, position: Option<u64>, hold: bool) {
+        if let Some((tables, pos)) = self.settle(pending, position) {
+            self.publish(tables, pos, hold).await;
+        }
+    }
+
+    /// As `record`, for a session that has moved on: nothing to hold its reply for.
+    fn record_detached(&self, pending: PendingCommit, position: Option<u64>) {
+        if let Some((tables, pos)) = self.settle(pending, position) {
+            if let Some(bus) = &self.shared.bus {
+                bus.publish(self.table_write(tables, pos));
+            }
+        }
+    }
+
+    /// Moves the table clock and the session's position; the tables and position to
+    /// publish, if one is known.
+    fn settle(&self, pending: PendingCommit, position: Option<u64>) -> Option<(Vec<String>, u64)> {
         let PendingCommit {
             tables,
             mut in_flight,
@@ -213,7 +232,7 @@ impl CaptureTarget {
         } = pending;
         // Without a position the tables stay pending until the marker lapses, and the
         // session's reads go to the primary for a while (InFlight's drop).
-        let Some(pos) = position else { return };
+        let pos = position?;
         let clock = &self.shared.table_clock;
         let names = || tables.iter().map(String::as_str);
         clock.advance(&self.database, names(), pos);
@@ -223,18 +242,22 @@ impl CaptureTarget {
         }
         drop(in_flight);
         metrics::counter!("pgwarden_commit_positions_total").increment(1);
-        self.publish(&tables, pos, hold).await;
+        Some((tables, pos))
+    }
+
+    fn table_write(&self, tables: Vec<String>, lsn: u64) -> TableWrite {
+        TableWrite {
+            db: self.database.clone(),
+            tables,
+            lsn,
+        }
     }
 
     /// Tells the fleet. With `hold`, waits (bounded) until Redis has it, so another
     /// proxy cannot serve a stale read of it once the client has its reply.
-    async fn publish(&self, tables: &[String], lsn: u64, hold: bool) {
+    async fn publish(&self, tables: Vec<String>, lsn: u64, hold: bool) {
         let Some(bus) = &self.shared.bus else { return };
-        let w = TableWrite {
-            db: self.database.clone(),
-            tables: tables.to_vec(),
-            lsn,
-        };
+        let w = self.table_write(tables, lsn);
         if hold {
             let wait = Duration::from_millis(self.shared.config.consistency.fleet_publish_wait_ms);
             if let Err(e) = bus.publish_and_wait(w, wait).await {
