@@ -57,6 +57,9 @@ EXTRA_PATHS = [
     Path("pgwarden-nolanes", "pgwarden", {"pool": {"multiplex_reads": "off"}}),
     # Lanes for every read, not only while the replica is busy.
     Path("pgwarden-lanes-always", "pgwarden", {"pool": {"multiplex_reads": "always"}}),
+    # Two worker threads where the default (0: one per core, but one on <= 2 cores) picks
+    # one: what the second thread costs or brings on this machine.
+    Path("pgwarden-2threads", "pgwarden", {"worker_threads": 2}),
 ]
 RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("pgwarden", "pgwarden-nocapture"),
           ("pgwarden", "pgwarden-noprepare"), ("pgwarden", "pgwarden-nolanes"),

@@ -13,6 +13,7 @@ import collections
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def pgbench(port: int, mode: str, clients: int, txns: int, work: str):
         env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def measure(binary: str, clients: int, txns: int, top: int, modes: list[str]) -> dict:
+def measure(binary: str, clients: int, txns: int, top: int, modes: list[str],
+            keep: bool) -> dict:
     work = tempfile.mkdtemp(prefix="pgwarden-callgrind-")
     port, admin = free_port(), free_port()
     log = os.path.join(work, "sandbox.log")
@@ -136,6 +138,10 @@ def measure(binary: str, clients: int, txns: int, top: int, modes: list[str]) ->
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        if keep:
+            print(f"callgrind dumps kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
@@ -147,6 +153,8 @@ def main():
     ap.add_argument("--top", type=int, default=8, help="functions listed per mode")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="comma-separated, from: " + ", ".join(MODES))
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the callgrind dumps (for callgrind_annotate)")
     a = ap.parse_args()
     modes = a.modes.split(",")
     if unknown := [m for m in modes if m not in MODES]:
@@ -155,7 +163,7 @@ def main():
     results = {}
     for name, binary in builds:
         print(f"counting {name} ({binary}) under callgrind...", file=sys.stderr)
-        results[name] = measure(binary, a.clients, a.transactions, a.top, modes)
+        results[name] = measure(binary, a.clients, a.transactions, a.top, modes, a.keep)
     print(f"\nUser-space instructions and malloc calls per pgbench transaction in the "
           f"proxy, {a.clients} clients x {a.transactions} transactions (callgrind), without "
           f"SCRAM key derivation for server connections opened meanwhile (per transaction: "

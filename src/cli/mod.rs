@@ -47,12 +47,15 @@ pub fn main() -> std::process::ExitCode {
     });
     let result = match command {
         Command::CheckConfig { config } => run::check_config(&config),
-        Command::Run { config } => runtime().block_on(run::run(&config)),
+        // The config is read before the runtime starts: it says how many threads to run.
+        Command::Run { config } => crate::config::load_file(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| runtime(c.worker_threads).block_on(run::run(c))),
         Command::Sandbox {
             port,
             admin_port,
             pool_mode,
-        } => runtime().block_on(sandbox::run(port, admin_port, &pool_mode)),
+        } => runtime(0).block_on(sandbox::run(port, admin_port, &pool_mode)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -63,11 +66,25 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+fn runtime(configured: usize) -> tokio::runtime::Runtime {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(configured, cores))
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// One thread per core, but one on 2 cores or fewer. There the proxy shares the cores
+/// with the kernel's network work and mostly with the app or the database; on 2 shared
+/// cores one thread cost 10-18% less CPU per query than two (no wakeups between
+/// threads) and served as many or more at 8 to 512 clients.
+fn worker_threads(configured: usize, cores: usize) -> usize {
+    match configured {
+        0 if cores <= 2 => 1,
+        0 => cores,
+        n => n,
+    }
 }
 
 fn init_logging() {
@@ -86,5 +103,20 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_threads;
+
+    #[test]
+    fn one_thread_on_two_cores_or_fewer_unless_configured() {
+        assert_eq!(worker_threads(0, 1), 1);
+        assert_eq!(worker_threads(0, 2), 1);
+        assert_eq!(worker_threads(0, 3), 3);
+        assert_eq!(worker_threads(0, 16), 16);
+        assert_eq!(worker_threads(2, 2), 2);
+        assert_eq!(worker_threads(4, 64), 4);
     }
 }

@@ -16,8 +16,7 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(path: &Path) -> anyhow::Result<()> {
-    let c = config::load_file(path)?;
+pub async fn run(c: config::Config) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;

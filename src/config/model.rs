@@ -12,6 +12,10 @@ pub struct Config {
     /// HTTP endpoint for /metrics and /healthz; absent disables it.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// Threads serving clients (`pgwarden run`); 0: one per core, but one on a machine
+    /// of 2 cores or fewer (see `worker_threads` in cli).
+    #[serde(default)]
+    pub worker_threads: usize,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     #[serde(default)]
