@@ -77,7 +77,7 @@ fn runtime(configured: usize) -> tokio::runtime::Runtime {
 
 /// One thread per core, but one on 2 cores or fewer. There the proxy shares the cores
 /// with the kernel's network work and mostly with the app or the database; on 2 shared
-/// cores one thread cost 10-18% less CPU per query than two (no wakeups between
+/// cores one thread cost 5-22% less CPU per query than two (fewer wakeups between
 /// threads) and served as many or more at 8 to 512 clients.
 fn worker_threads(configured: usize, cores: usize) -> usize {
     match configured {
