@@ -77,8 +77,11 @@ impl PositionSampler {
         let mut last_start: Option<Instant> = None;
         loop {
             // Commits acknowledged meanwhile join this read rather than start their own.
-            if let Some(at) = last_start {
-                tokio::time::sleep_until(at + self.min_interval).await;
+            // A read that took the whole interval is followed at once, with no timer.
+            if let Some(next) = last_start.map(|at| at + self.min_interval) {
+                if next > Instant::now() {
+                    tokio::time::sleep_until(next).await;
+                }
             }
             let batch = {
                 let mut s = self.state.lock().expect("sampler lock");

@@ -208,17 +208,20 @@ impl CaptureTarget {
     }
 
     async fn record(&self, pending: PendingCommit, position: Option<u64>, hold: bool) {
-        if let Some((tables, pos)) = self.settle(pending, position) {
-            self.publish(tables, pos, hold).await;
+        let Some((tables, pos)) = self.settle(pending, position) else {
+            return;
+        };
+        if hold {
+            self.publish_and_wait(tables, pos).await;
+        } else {
+            self.publish(tables, pos);
         }
     }
 
     /// As `record`, for a session that has moved on: nothing to hold its reply for.
     fn record_detached(&self, pending: PendingCommit, position: Option<u64>) {
         if let Some((tables, pos)) = self.settle(pending, position) {
-            if let Some(bus) = &self.shared.bus {
-                bus.publish(self.table_write(tables, pos));
-            }
+            self.publish(tables, pos);
         }
     }
 
@@ -253,18 +256,23 @@ impl CaptureTarget {
         }
     }
 
-    /// Tells the fleet. With `hold`, waits (bounded) until Redis has it, so another
-    /// proxy cannot serve a stale read of it once the client has its reply.
-    async fn publish(&self, tables: Vec<String>, lsn: u64, hold: bool) {
+    /// Tells the fleet, without waiting.
+    fn publish(&self, tables: Vec<String>, lsn: u64) {
+        if let Some(bus) = &self.shared.bus {
+            bus.publish(self.table_write(tables, lsn));
+        }
+    }
+
+    /// Tells the fleet and waits (bounded) until Redis has it, so another proxy cannot
+    /// serve a stale read of it once the client has its reply.
+    async fn publish_and_wait(&self, tables: Vec<String>, lsn: u64) {
         let Some(bus) = &self.shared.bus else { return };
-        let w = self.table_write(tables, lsn);
-        if hold {
-            let wait = Duration::from_millis(self.shared.config.consistency.fleet_publish_wait_ms);
-            if let Err(e) = bus.publish_and_wait(w, wait).await {
-                tracing::debug!(error = %e, "commit position not confirmed by the fleet bus");
-            }
-        } else {
-            bus.publish(w);
+        let wait = Duration::from_millis(self.shared.config.consistency.fleet_publish_wait_ms);
+        if let Err(e) = bus
+            .publish_and_wait(self.table_write(tables, lsn), wait)
+            .await
+        {
+            tracing::debug!(error = %e, "commit position not confirmed by the fleet bus");
         }
     }
 }
