@@ -23,7 +23,8 @@ import time
 from topology import APP_DB, APP_PASSWORD, APP_USER, free_port
 
 # pgbench arguments per mode. "update" is one autocommit write: the pooled path to the
-# primary, plus the commit-position capture.
+# primary, plus the commit-position capture; "simple-update" is -N, a five-statement
+# read-write transaction.
 UPDATE_SCRIPT = ("\\set aid random(1, 100000)\n\\set delta random(-5000, 5000)\n"
                  "UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n")
 MODES = {
@@ -31,6 +32,7 @@ MODES = {
     "extended": ["-S", "-M", "extended"],
     "prepared": ["-S", "-M", "prepared"],
     "update": ["-f", "{update}"],
+    "simple-update": ["-N"],
 }
 # Key derivation for SCRAM logins to the servers (PBKDF2 over SHA-256).
 SCRAM = ("sha2::", "pbkdf2::", "hmac::")
