@@ -33,7 +33,7 @@ from topology import APP_DB, APP_PASSWORD, APP_USER, Children, Poolers, Sandbox,
 @dataclass
 class Path:
     name: str
-    kind: str             # direct | pgwarden | pgbouncer
+    kind: str             # direct | pgwarden | pgbouncer | forward
     # Settings merged over the benchmark's pgwarden config (same shape as config.yaml).
     pgwarden: dict = field(default_factory=dict)
     # Another pgwarden binary than --pgwarden (for A/B of two builds; see --baseline).
@@ -60,8 +60,12 @@ EXTRA_PATHS = [
     # Two worker threads where the default (0: one per core, but one on <= 2 cores) picks
     # one: what the second thread costs or brings on this machine.
     Path("pgwarden-2threads", "pgwarden", {"worker_threads": 2}),
+    # The floor for any TCP proxy here: a forwarder that copies bytes between each client
+    # and a server connection of its own (examples/tcp_forward.rs), to the primary.
+    Path("tcp-forward", "forward"),
 ]
-RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("pgwarden", "pgwarden-nocapture"),
+RATIOS = [("pgwarden", "direct"), ("pgwarden", "pgbouncer"), ("tcp-forward", "direct"),
+          ("pgwarden", "tcp-forward"), ("pgwarden", "pgwarden-nocapture"),
           ("pgwarden", "pgwarden-noprepare"), ("pgwarden", "pgwarden-nolanes"),
           ("pgwarden-lanes-always", "pgbouncer"), ("pgwarden", "pgwarden-baseline")]
 
@@ -99,7 +103,9 @@ WORKLOADS = [
 CLIENTS = [1, 8, 64, 512]
 QUICK_CLIENTS = [8, 64, 512]
 # The sandbox has max_connections = 200, and the poolers keep their own connections open.
+# Paths of these kinds open one server connection per client.
 DIRECT_MAX_CLIENTS = 100
+UNPOOLED = ("direct", "forward")
 LARGE_CLIENTS = 512   # from this many clients on, poolers get --large-pool-size
 RSS_LOAD_CLIENTS = 64  # pooler RSS is sampled during the runs with this many clients
 
@@ -117,6 +123,8 @@ class Result:
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pgwarden", required=True, help="release pgwarden binary")
+    ap.add_argument("--forwarder", help="tcp_forward example binary, for path tcp-forward "
+                    "(default: examples/tcp_forward next to --pgwarden)")
     ap.add_argument("--baseline", help="another pgwarden binary, run as path pgwarden-baseline "
                     "(add it to --paths): A/B of two builds in one run")
     ap.add_argument("-T", "--duration", type=int, default=10, help="seconds per pgbench run")
@@ -152,6 +160,8 @@ def parse_args():
     extra = EXTRA_PATHS + ([Path("pgwarden-baseline", "pgwarden", binary=a.baseline)]
                            if a.baseline else [])
     a.paths = pick(PATHS + extra, a.paths, lambda p: p.name) if a.paths else PATHS
+    a.forwarder = a.forwarder or os.path.join(os.path.dirname(a.pgwarden), "examples",
+                                              "tcp_forward")
     a.out = a.out or time.strftime("/tmp/pgwarden-pgbench-%Y%m%d-%H%M%S.md")
     return a
 
@@ -328,7 +338,7 @@ def cpu_table(a, results, w: Workload, names: list[str]) -> list[str]:
 
 
 def paths_for(a, clients: int) -> list[Path]:
-    return [p for p in a.paths if p.kind != "direct" or clients <= DIRECT_MAX_CLIENTS]
+    return [p for p in a.paths if p.kind not in UNPOOLED or clients <= DIRECT_MAX_CLIENTS]
 
 
 def measure_idle(a, poolers: Poolers) -> list[tuple[str, int, int] | tuple[str, str]]:
@@ -336,7 +346,7 @@ def measure_idle(a, poolers: Poolers) -> list[tuple[str, int, int] | tuple[str, 
     pooler freshly started so the allocator has not been grown by the benchmark."""
     rows = []
     for p in a.paths:
-        if p.kind == "direct":
+        if p.kind in UNPOOLED:
             continue
         ep, proc = poolers.start(p, a.large_pool_size, f"{p.name}-memory")
         try:
@@ -377,6 +387,12 @@ def report(a, results, rss_under_load, memory, versions) -> str:
            "pgwarden splits reads: -S and hot-set go to the two replicas (pool per node); "
            "'direct' and PgBouncer use the primary only. p99 is computed from pgbench's "
            "per-transaction log; -T includes the clients' logins (TPS does not).", ""]
+    if any(p.kind == "forward" for p in a.paths):
+        out += ["tcp-forward copies bytes between each client and a primary connection of "
+                "its own and does nothing else (examples/tcp_forward.rs, one thread): what "
+                "two more loopback TCP hops cost on this machine, the least a proxy pays "
+                "that relays each message once on its own server connection.",
+                ""]
     names = [p.name for p in a.paths]
     ratios = [(x, y) for x, y in RATIOS if x in names and y in names]
     notes = []
@@ -478,7 +494,7 @@ def main():
         if init.returncode != 0:
             raise RuntimeError(f"pgbench -i failed:\n{init.stderr}")
         sandbox.wait_replicas_caught_up()
-        poolers = Poolers(children, sandbox, a.pgwarden, workdir,
+        poolers = Poolers(children, sandbox, a.pgwarden, a.forwarder, workdir,
                           max_clients=max(a.idle_clients, max(a.clients)) + 100)
         results, rss_under_load = benchmark(a, poolers, workdir)
         poolers.stop_all()

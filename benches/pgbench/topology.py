@@ -166,11 +166,13 @@ class Sandbox:
 
 
 class Poolers:
-    """pgwarden and PgBouncer instances, one per (path, pool size), started on first use."""
+    """pgwarden, PgBouncer and forwarder instances, one per (path, pool size), started on
+    first use."""
 
-    def __init__(self, children: Children, sandbox: Sandbox, pgwarden: str, workdir: str,
-                 max_clients: int):
+    def __init__(self, children: Children, sandbox: Sandbox, pgwarden: str, forwarder: str,
+                 workdir: str, max_clients: int):
         self.children, self.sandbox, self.pgwarden = children, sandbox, pgwarden
+        self.forwarder = forwarder
         self.workdir, self.max_clients = workdir, max_clients
         self.running: dict[tuple[str, int], tuple[Endpoint, subprocess.Popen]] = {}
 
@@ -194,6 +196,9 @@ class Poolers:
             # raised open-files limit (PAM may reset it) and gives us pgbouncer's own pid.
             as_pg = {"user": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
             proc = self.children.start(tag, argv, log, **as_pg)
+        elif path.kind == "forward":
+            argv = [self.forwarder, str(port), f"127.0.0.1:{self.sandbox.primary}"]
+            proc = self.children.start(tag, argv, log)
         else:
             raise ValueError(f"unknown path kind {path.kind!r}")
         wait_for_port(port, proc, tag, log)
