@@ -1,6 +1,7 @@
-//! `pool.auto_prepare`: simple-protocol statements with liftable integer literals run as
-//! server-side prepared statements, and the client cannot tell. Replies are compared
-//! byte for byte with the same queries sent to PostgreSQL directly.
+//! `pool.auto_prepare`: simple-protocol statements with liftable integer literals, and
+//! requests on the extended protocol's unnamed statement, run as server-side prepared
+//! statements, and the client cannot tell. Replies are compared byte for byte with the
+//! same requests sent to PostgreSQL directly.
 
 mod common;
 
@@ -209,4 +210,157 @@ async fn a_prepared_write_is_read_back_with_a_paused_replica() {
             == Some(&b"update counters set n = n + $1   where id = $2   "[..])),
         "the UPDATE ran as a prepared statement: {stmts:?}"
     );
+}
+
+/// One request on the unnamed statement, as drivers send it: Parse, Bind, Describe of
+/// the portal (when `describe`), Execute, Sync.
+fn unnamed(sql: &str, params: &[&str], describe: bool) -> Vec<u8> {
+    let params: Vec<Option<&[u8]>> = params.iter().map(|p| Some(p.as_bytes())).collect();
+    let mut req = [
+        common::fe::parse("", sql),
+        common::fe::bind("", "", &params),
+    ]
+    .concat();
+    if describe {
+        req.extend(common::fe::describe_portal(""));
+    }
+    req.extend([common::fe::execute("", 0), common::fe::sync()].concat());
+    req
+}
+
+async fn wire_replies(w: &mut Wire, req: &[u8]) -> Vec<(char, Vec<u8>)> {
+    w.send(req).await;
+    w.until_ready()
+        .await
+        .into_iter()
+        .map(|m: Msg| (m.tag as char, m.body))
+        .collect()
+}
+
+const UNNAMED: &[(&str, &[&str], bool)] = &[
+    // The client's own error at Bind (not an integer) closes the kept statement, which
+    // the next request prepares again.
+    ("select * from items where id = $1", &["abc"], true),
+    ("select * from items where id = $1", &["12345"], true),
+    (
+        "select id, v from items where id >= $1 order by id limit 20",
+        &["19990"],
+        false,
+    ),
+    ("select * from items where id = $1", &["99999"], true),
+    (
+        "update items set k = k + $1 where id = $2",
+        &["1000", "12345"],
+        false,
+    ),
+    // The same value through both: the rows read back stay alike.
+    (
+        "update items set k = $1 where id = $2 returning id, k",
+        &["5", "12345"],
+        true,
+    ),
+    // The client's own errors at Execute and at Parse.
+    (
+        "select 1/(id - $1) from items where id = 12345",
+        &["12345"],
+        true,
+    ),
+    ("selec $1", &["1"], false),
+    ("select * from no_such_items where id = $1", &["1"], true),
+];
+
+/// Unnamed statements run as statements the server keeps, with every reply, errors
+/// included, byte for byte what PostgreSQL sends for the request as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statements_reply_as_sent_and_run_prepared() {
+    let env = start(true).await;
+    let mut direct = Wire::connect(env.cluster.primary.port, "app", "app", "app", &[]).await;
+    let mut proxied = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    // Twice: the second run uses the statements the first one prepared.
+    for round in 0..2 {
+        for (sql, params, describe) in UNNAMED {
+            let req = unnamed(sql, params, *describe);
+            let want = wire_replies(&mut direct, &req).await;
+            let got = wire_replies(&mut proxied, &req).await;
+            assert_eq!(got, want, "round {round}: {sql} {params:?}");
+        }
+    }
+    let stmts = server_statements(&env).await;
+    for sql in [
+        "select * from items where id = $1",
+        "update items set k = k + $1 where id = $2",
+    ] {
+        assert!(
+            stmts.iter().any(|s| s == sql),
+            "{sql} ran as a kept statement: {stmts:?}"
+        );
+    }
+    assert!(
+        !stmts
+            .iter()
+            .any(|s| s.contains("no_such") || s.contains("selec ")),
+        "a statement that failed to prepare is not kept: {stmts:?}"
+    );
+}
+
+/// After DDL the kept statement meets "cached plan must not change result type"; the
+/// client, whose unnamed statement is parsed anew each time, gets the new columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_table_behind_an_unnamed_statement_is_invisible() {
+    let env = start(true).await;
+    let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let req = unnamed("select * from items where id = $1", &["12345"], false);
+    let mut columns = Vec::new();
+    for step in 0..6 {
+        if step == 3 {
+            env.direct()
+                .await
+                .batch_execute("alter table items add column extra int default 7")
+                .await
+                .unwrap();
+        }
+        w.send(&req).await;
+        let r = w.until_ready().await;
+        assert_eq!(
+            common::describe_all(&r),
+            "1 2 D C(SELECT 1) Z(I)",
+            "step {step}"
+        );
+        columns.push(r.iter().find_map(Msg::data_row).unwrap().len());
+    }
+    assert_eq!(columns, [3, 3, 3, 4, 4, 4]);
+}
+
+/// A later Bind or Describe of the unnamed statement, without its Parse, finds the
+/// client's statement: the proxy gives the server the Parse it ran under another name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_stays_the_clients_own() {
+    let env = start(true).await;
+    let mut w = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let sql = "select v from items where id = $1";
+    w.send(&unnamed(sql, &["12345"], false)).await;
+    assert_eq!(
+        common::describe_all(&w.until_ready().await),
+        "1 2 D C(SELECT 1) Z(I)"
+    );
+    let again = [
+        common::fe::bind("", "", &[Some(&b"54321"[..])]),
+        common::fe::execute("", 0),
+        common::fe::sync(),
+    ]
+    .concat();
+    w.send(&again).await;
+    assert_eq!(
+        common::describe_all(&w.until_ready().await),
+        "2 C(SELECT 0) Z(I)"
+    );
+    w.send(&[common::fe::describe_statement(""), common::fe::sync()].concat())
+        .await;
+    let r = w.until_ready().await;
+    assert_eq!(
+        common::describe_all(&r).split(' ').next(),
+        Some("t"),
+        "{r:?}"
+    );
+    assert!(server_statements(&env).await.iter().any(|s| s == sql));
 }

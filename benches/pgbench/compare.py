@@ -82,6 +82,9 @@ class Workload:
 # several clients per thread, one waiting for a pooled server connection blocks the thread
 # while its siblings hold transactions open (-N) -> deadlock in any transaction pooler. A
 # prepared write workload would need -j equal to the client count.
+UPDATE_SCRIPT = ("\\set aid random(1, 100000 * :scale)\n"
+                 "\\set delta random(-5000, 5000)\n"
+                 "UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n")
 WORKLOADS = [
     Workload("select", "SELECT-only, simple protocol (-S)", ("-S",)),
     Workload("select-extended", "SELECT-only, extended protocol (-S -M extended)",
@@ -91,13 +94,17 @@ WORKLOADS = [
     Workload("simple-update", "simple-update, read-write transactions (-N)", ("-N",)),
     # One autocommit write per transaction: the commit-position capture's cost per write.
     Workload("update-only", "update-only (custom script: one autocommit UPDATE)",
-             script="\\set aid random(1, 100000 * :scale)\n"
-                    "\\set delta random(-5000, 5000)\n"
-                    "UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n"),
+             script=UPDATE_SCRIPT),
     # Few distinct keys: the shape a result cache is for (and the best case for one).
     Workload("hot-set", "hot-set reads (custom script: 1000 hot rows)",
              script="\\set aid random(1, 1000)\n"
                     "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"),
+]
+# Not run unless named in --workloads.
+EXTRA_WORKLOADS = [
+    # The autocommit write on the extended protocol's unnamed statement, as drivers send it.
+    Workload("update-extended", "update-only, extended protocol (custom script, -M extended)",
+             ("-M", "extended"), script=UPDATE_SCRIPT),
 ]
 
 CLIENTS = [1, 8, 64, 512]
@@ -131,7 +138,8 @@ def parse_args():
     ap.add_argument("--rounds", type=int, default=3, help="rounds per cell (median reported)")
     ap.add_argument("--clients", help=f"comma-separated client counts (default {CLIENTS})")
     ap.add_argument("--workloads", help="comma-separated keys: "
-                    + ",".join(w.key for w in WORKLOADS))
+                    + ",".join(w.key for w in WORKLOADS) + " (default), "
+                    + ",".join(w.key for w in EXTRA_WORKLOADS))
     ap.add_argument("--paths", help="comma-separated path names: "
                     + ",".join(p.name for p in PATHS) + " (default), "
                     + ",".join(p.name for p in EXTRA_PATHS))
@@ -156,7 +164,8 @@ def parse_args():
         a.duration, a.rounds = 5, 1
         a.clients = a.clients or ",".join(map(str, QUICK_CLIENTS))
     a.clients = [int(c) for c in a.clients.split(",")] if a.clients else CLIENTS
-    a.workloads = pick(WORKLOADS, a.workloads, lambda w: w.key)
+    a.workloads = (pick(WORKLOADS + EXTRA_WORKLOADS, a.workloads, lambda w: w.key)
+                   if a.workloads else WORKLOADS)
     extra = EXTRA_PATHS + ([Path("pgwarden-baseline", "pgwarden", binary=a.baseline)]
                            if a.baseline else [])
     a.paths = pick(PATHS + extra, a.paths, lambda p: p.name) if a.paths else PATHS

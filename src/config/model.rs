@@ -88,8 +88,9 @@ pub struct PoolConfig {
     /// Named prepared statements kept per server connection (least recently used
     /// are closed beyond this).
     pub prepared_statements_per_server: usize,
-    /// Run simple-protocol SELECTs whose integer literals can be lifted as prepared
-    /// statements on the server (parsed and planned once per connection).
+    /// Run simple-protocol statements whose integer literals can be lifted, and
+    /// autocommit requests on the unnamed statement, as prepared statements on the
+    /// server (parsed and planned once per connection).
     pub auto_prepare: bool,
     /// Serve autocommit reads on shared lanes: several clients' reads written at once
     /// on one server connection per replica.

@@ -1,14 +1,16 @@
 //! Runs a simple-protocol statement whose literals can be lifted (SELECT, INSERT, UPDATE,
-//! DELETE) as a prepared statement on the server (`pool.auto_prepare`): PostgreSQL then
-//! parses and plans it once per connection instead of on every call. The client still
-//! sees simple-protocol replies.
+//! DELETE), or one of these on the unnamed statement of the extended protocol, as a
+//! prepared statement on the server (`pool.auto_prepare`): PostgreSQL then parses and
+//! plans it once per connection instead of on every call. The client still sees the
+//! replies of what it sent.
 
 use super::pipeline::{Expect, Pipeline};
+use super::statements::LaneRead;
 use crate::backend::prepared::PreparedSet;
 use crate::protocol::Frame;
 use crate::router::analysis::{Analysis, StatementKind};
 use crate::router::parameterize::Parameterized;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
@@ -148,6 +150,42 @@ pub(super) fn send(
         id,
         query: frame.data.freeze(),
         parse_pending,
+        bound: false,
+        failed: None,
+    });
+}
+
+/// Sends `read`, the client's `request` on its unnamed statement, as Bind [Describe]
+/// Execute Sync of the server statement named after its text, preparing it first if
+/// this server connection lacks it. The same statement serves every client that sends
+/// that text, and the lanes.
+pub(super) fn send_renamed(
+    read: LaneRead,
+    request: Bytes,
+    prepared: &mut PreparedSet,
+    pipeline: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
+    let (name, parse) = read.ensure;
+    let parse_pending = !prepared.touch(&name);
+    if parse_pending {
+        if let Some(evicted) = prepared.insert(name.clone()) {
+            put_message(to_server, b'C', |m| {
+                m.put_u8(b'S');
+                put_cstr(m, evicted.as_bytes());
+            });
+            pipeline.push(Expect::Close { hide: true });
+        }
+        to_server.extend_from_slice(&parse);
+    }
+    to_server.extend_from_slice(&read.msgs);
+    put_message(to_server, b'S', |_| {});
+    pipeline.push(Expect::Renamed {
+        ord: 0,
+        name,
+        request,
+        parse_pending,
+        parsed: !parse_pending,
         bound: false,
         failed: None,
     });

@@ -52,6 +52,21 @@ pub enum Expect {
         /// The error that stopped it before it executed, held back from the client.
         failed: Option<Bytes>,
     },
+    /// A request on the unnamed statement, `[Parse] Bind [Describe portal] Execute Sync`,
+    /// run on the server statement `name` (see auto_prepare::send_renamed); `request` is
+    /// the client's, run as sent if the statement fails before it binds.
+    Renamed {
+        ord: u64,
+        name: Arc<str>,
+        request: Bytes,
+        /// The Parse creating `name` was sent and has not answered yet.
+        parse_pending: bool,
+        /// The server has the statement: the client is owed its ParseComplete.
+        parsed: bool,
+        bound: bool,
+        /// The error that stopped it before it bound, held back from the client.
+        failed: Option<Bytes>,
+    },
 }
 
 #[derive(Default)]
@@ -77,13 +92,23 @@ fn put_empty(out: &mut BytesMut, tag: u8) {
     out.put_u32(4);
 }
 
+/// Close of the server statement `name`.
+fn put_close(out: &mut BytesMut, name: &str) {
+    out.put_u8(b'C');
+    out.put_u32(4 + 1 + name.len() as u32 + 1);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
 impl Expect {
     fn ord_mut(&mut self) -> Option<&mut u64> {
         match self {
             Expect::Sync { ord }
             | Expect::Query { ord }
             | Expect::FunctionCall { ord }
-            | Expect::AutoQuery { ord, .. } => Some(ord),
+            | Expect::AutoQuery { ord, .. }
+            | Expect::Renamed { ord, .. } => Some(ord),
             _ => None,
         }
     }
@@ -291,6 +316,124 @@ impl Pipeline {
         }
     }
 
+    /// A Renamed request at the front accounts for the message. The client's
+    /// ParseComplete goes out just before the BindComplete; until then nothing has
+    /// reached the client, so an error before the statement binds (it went stale after
+    /// DDL, or the client's own error) is hidden with its ReadyForQuery and the request
+    /// runs again as sent: the client gets exactly what its unnamed statement gives.
+    fn on_renamed(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        prepared: &mut PreparedSet,
+        out: &mut BytesMut,
+    ) -> bool {
+        let Some(Expect::Renamed {
+            name,
+            parse_pending,
+            parsed,
+            bound,
+            failed,
+            ..
+        }) = self.q.front_mut()
+        else {
+            return true;
+        };
+        match tag {
+            b'1' if *parse_pending => {
+                *parse_pending = false;
+                *parsed = true;
+                false
+            }
+            b'2' if !*bound && failed.is_none() => {
+                *bound = true;
+                put_empty(out, b'1');
+                true
+            }
+            b'E' if failed.is_none() => {
+                if std::mem::take(parse_pending) {
+                    // The statement was never created.
+                    prepared.remove(name);
+                }
+                if *bound || !auto_prepare::may_fall_back(&messages::error_fields(body).0) {
+                    if !*bound && *parsed {
+                        put_empty(out, b'1');
+                    }
+                    return true;
+                }
+                *failed = Some(Bytes::copy_from_slice(body));
+                false
+            }
+            b'Z' => {
+                let Some(Expect::Renamed {
+                    ord,
+                    name,
+                    request,
+                    parsed,
+                    failed,
+                    ..
+                }) = self.q.pop_front()
+                else {
+                    return true;
+                };
+                let Some(error) = failed else {
+                    self.completed = ord;
+                    return true;
+                };
+                let rerun = !self.lane && self.q.is_empty();
+                let mut resend = BytesMut::new();
+                if parsed && prepared.touch(&name) {
+                    // Maybe stale: closed, so the next use prepares it anew.
+                    prepared.remove(&name);
+                    put_close(&mut resend, &name);
+                    if !rerun {
+                        auto_prepare::flush(&mut resend);
+                    }
+                    self.q.push_back(Expect::Close { hide: true });
+                }
+                if rerun {
+                    // Still the same request: it keeps its ordinal.
+                    self.expect_as_sent(&request, ord);
+                    resend.extend_from_slice(&request);
+                }
+                if !resend.is_empty() {
+                    self.resend = Some(resend);
+                }
+                if rerun {
+                    return false;
+                }
+                // The client pipelined more behind it, already sent: it gets the error.
+                self.completed = ord;
+                if parsed {
+                    put_empty(out, b'1');
+                }
+                out.put_u8(b'E');
+                out.put_u32(4 + error.len() as u32);
+                out.extend_from_slice(&error);
+                true
+            }
+            _ => failed.is_none(),
+        }
+    }
+
+    /// The replies owed to `request` (a Renamed request's messages) sent as they are.
+    fn expect_as_sent(&mut self, mut request: &[u8], ord: u64) {
+        while request.len() >= 5 {
+            let len = u32::from_be_bytes([request[1], request[2], request[3], request[4]]);
+            self.q.push_back(match request[0] {
+                b'P' => Expect::Parse {
+                    name: None,
+                    hide: false,
+                },
+                b'B' => Expect::Bind,
+                b'D' => Expect::DescribePortal,
+                b'E' => Expect::Execute,
+                _ => Expect::Sync { ord },
+            });
+            request = request.get(len as usize + 1..).unwrap_or_default();
+        }
+    }
+
     /// Emits replies the proxy owes before anything else arrives (e.g. a dropped
     /// Parse followed by a Flush).
     pub fn drain_leading_injects(&mut self, out: &mut BytesMut) {
@@ -310,8 +453,10 @@ impl Pipeline {
             return true;
         }
         self.flush_injects(out);
-        if matches!(self.q.front(), Some(Expect::AutoQuery { .. })) {
-            return self.on_auto(tag, body, prepared, out);
+        match self.q.front() {
+            Some(Expect::AutoQuery { .. }) => return self.on_auto(tag, body, prepared, out),
+            Some(Expect::Renamed { .. }) => return self.on_renamed(tag, body, prepared, out),
+            _ => {}
         }
         if tag == b'G' {
             self.copy_in_started();

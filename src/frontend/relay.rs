@@ -3,6 +3,7 @@
 //! batching writes, until the server is idle again and the pool mode lets it go.
 
 use super::commit::PendingCommit;
+use super::lanes::Shape;
 use super::pipeline::Pipeline;
 use super::routing::contains_ci;
 use super::session::{Server, Session};
@@ -228,8 +229,10 @@ impl Session {
         let mut to_server = BytesMut::new();
         let flushed_at_start = self.flushed;
         self.statements.attached();
-        for frame in split_frames(first) {
-            self.forward(frame, server, p, &mut to_server);
+        if let Some(first) = self.send_renamed(first, server, p, &mut to_server) {
+            for frame in split_frames(first) {
+                self.forward(frame, server, p, &mut to_server);
+            }
         }
         // Retrying is only possible while the client has seen nothing of the answer;
         // asked afresh at each use, as any flush in between ends it.
@@ -359,6 +362,46 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Sends a request on the client's unnamed statement, exactly `Parse Bind [Describe
+    /// portal] Execute Sync` of one statement auto_prepare may run, as a statement this
+    /// server keeps (pool.auto_prepare; only with the server idle, so that it can run
+    /// again as sent). Returns the request when it is not one.
+    fn send_renamed(
+        &mut self,
+        first: BytesMut,
+        server: &mut Server,
+        p: &mut Progress,
+        to_server: &mut BytesMut,
+    ) -> Option<BytesMut> {
+        if !self.shared.config.pool.auto_prepare || !p.idle() || first.first() != Some(&b'P') {
+            return Some(first);
+        }
+        let read = match self.statements.lane_read(&first, &self.shared.parse_cache) {
+            Some(r) if r.shape == Shape::Renamed && super::auto_prepare::eligible(&r.analysis) => r,
+            _ => return Some(first),
+        };
+        let ord = p.pipeline.next_ord();
+        let staged = p.staged(ord);
+        let a = read.analysis.clone();
+        if a.is_write() {
+            staged.wrote = true;
+            staged.tables.extend(a.writes().map(|t| t.name.clone()));
+        }
+        if sql_text(&read.ensure.1[5..], b'P')
+            .is_some_and(|q| contains_ci(q.as_bytes(), b"synchronous_commit"))
+        {
+            staged.may_be_unflushed = true;
+        }
+        super::auto_prepare::send_renamed(
+            read,
+            first.freeze(),
+            &mut server.prepared,
+            &mut p.pipeline,
+            to_server,
+        );
+        None
     }
 
     /// Gives up on a server that failed before answering; nothing reached the client.

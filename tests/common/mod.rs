@@ -366,6 +366,12 @@ pub mod fe {
         msg(b'S', &[])
     }
 
+    pub fn describe_portal(name: &str) -> Vec<u8> {
+        let mut b = vec![b'P'];
+        cstr(&mut b, name);
+        msg(b'D', &b)
+    }
+
     pub fn describe_statement(name: &str) -> Vec<u8> {
         let mut b = vec![b'S'];
         cstr(&mut b, name);
