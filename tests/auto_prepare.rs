@@ -364,3 +364,91 @@ async fn the_unnamed_statement_stays_the_clients_own() {
     );
     assert!(server_statements(&env).await.iter().any(|s| s == sql));
 }
+
+/// Inside a transaction block, writes without RETURNING run as prepared statements once
+/// the connection has them (prepared between transactions, after their first run as
+/// sent), with every reply, errors and the block's status included, byte for byte what
+/// PostgreSQL sends for the Queries as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_in_a_transaction_block_run_prepared_once_known() {
+    let env = start(true).await;
+    let mut direct = Wire::connect(env.cluster.primary.port, "app", "app", "app", &[]).await;
+    let mut proxied = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let block: &[&str] = &[
+        "begin",
+        "update items set k = k + 1000 where id = 12345",
+        "select k from items where id = 12345",
+        "insert into items values (30001, 1000, 'new')",
+        "delete from items where id = 30001",
+        "update items set k = k - 1000 where id = 12345 returning k",
+        "commit",
+        // An error inside the block: the key exists.
+        "begin",
+        "update items set k = k + 1000 where id = 12345",
+        "insert into items values (12345, 1000, 'dup')",
+        "update items set k = k + 1000 where id = 12345",
+        "rollback",
+        // An error from a prepared write itself (a duplicate key).
+        "begin",
+        "update items set id = 1 where id = 12345",
+        "rollback",
+        "select k from items where id = 12345",
+    ];
+    // The first round runs the writes as sent and prepares them after the block; the
+    // others run them prepared, the last after a table change. Each side runs the whole
+    // list in turn (the blocks lock the same row), which leaves the table as it was.
+    for round in 0..4 {
+        if round == 3 {
+            env.direct()
+                .await
+                .batch_execute("alter table items add column extra int default 7")
+                .await
+                .unwrap();
+        }
+        let mut want = Vec::new();
+        for sql in block {
+            want.push(replies(&mut direct, sql).await);
+        }
+        for (sql, want) in block.iter().zip(want) {
+            let got = replies(&mut proxied, sql).await;
+            assert_eq!(got, want, "round {round}: {sql}");
+        }
+    }
+    // A table change that breaks a kept statement: it fails at Bind, with the error the
+    // Query as sent gets, and the block is aborted just as it would be.
+    env.direct()
+        .await
+        .batch_execute("alter table items rename column k to k2")
+        .await
+        .unwrap();
+    for sql in [
+        "begin",
+        "update items set k = k + 1000 where id = 12345",
+        "select 1",
+        "rollback",
+    ] {
+        let want = replies(&mut direct, sql).await;
+        let got = replies(&mut proxied, sql).await;
+        assert_eq!(got, want, "after the rename: {sql}");
+    }
+    env.direct()
+        .await
+        .batch_execute("alter table items rename column k2 to k")
+        .await
+        .unwrap();
+    let stmts = server_statements(&env).await;
+    // (VALUES lists are not lifted: the INSERT runs as sent.)
+    for sql in [
+        "update items set k = k + $1   where id = $2   ",
+        "delete from items where id = $1   ",
+    ] {
+        assert!(
+            stmts.iter().any(|s| s == sql),
+            "{sql} is kept on the server: {stmts:?}"
+        );
+    }
+    assert!(
+        !stmts.iter().any(|s| s.contains("returning")),
+        "a write with RETURNING is not prepared in a block: {stmts:?}"
+    );
+}

@@ -63,6 +63,11 @@ impl PreparedSet {
         self.names.len()
     }
 
+    /// How many names it keeps at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

@@ -13,6 +13,7 @@ use crate::router::parameterize::Parameterized;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
+use std::sync::Arc;
 
 /// Whether the analysis allows running the Query as a prepared statement: one SELECT,
 /// INSERT, UPDATE or DELETE that changes no session state.
@@ -121,14 +122,28 @@ pub(super) fn put_execute(name: &str, p: &Parameterized, sql: &[u8], to_server: 
     });
 }
 
+/// Whether a Query inside a transaction block may run as a statement the server keeps:
+/// one INSERT, UPDATE or DELETE without RETURNING. Without a result it cannot meet
+/// "cached plan must not change result type", the one error a kept statement gives
+/// that the Query as sent would not; an error there aborts the block, so the Query
+/// could not run again as sent.
+pub(super) fn eligible_in_block(a: &Analysis, sql: &str) -> bool {
+    use StatementKind::*;
+    matches!(a.statements.as_slice(), [s] if matches!(s.kind, Insert | Update | Delete))
+        && !super::routing::contains_ci(sql.as_bytes(), b"returning")
+}
+
 /// Sends the Query in `frame` as [Parse] Bind Describe Execute Sync of the statement for
-/// `p`, preparing it first if this server connection lacks it.
+/// `p`, preparing it first if this server connection lacks it. `rerunnable`: outside a
+/// transaction block, so an error before it executes may be answered by running the
+/// Query as sent.
 pub(super) fn send(
     frame: Frame,
     p: &Parameterized,
     prepared: &mut PreparedSet,
     pipeline: &mut Pipeline,
     to_server: &mut BytesMut,
+    rerunnable: bool,
 ) {
     let id = id_of(p);
     let name = name(id);
@@ -151,8 +166,54 @@ pub(super) fn send(
         query: frame.data.freeze(),
         parse_pending,
         bound: false,
+        rerunnable,
         failed: None,
     });
+}
+
+/// Most statements prepared between two transactions (also bounded by the connection's
+/// `pool.prepared_statements_per_server`).
+pub(super) const PREPARES_PER_IDLE: usize = 8;
+
+/// Prepares, once the server is out of any transaction, the statements of writes that
+/// ran as sent inside one because this connection lacked them: the next transaction
+/// here runs them prepared. Replies, a failed Parse included, are hidden. Closes of
+/// statements evicted for room go first: they cannot fail, so a failed Parse (after
+/// which the server skips to the Sync) skips none of them.
+pub(super) fn send_prepares(
+    lifted: &[Parameterized],
+    prepared: &mut PreparedSet,
+    pipeline: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
+    let mut parses = BytesMut::new();
+    let mut names = Vec::new();
+    let most = PREPARES_PER_IDLE.min(prepared.capacity());
+    for l in lifted {
+        let stmt = name(id_of(l));
+        if names.len() == most || prepared.touch(&stmt) {
+            continue;
+        }
+        let name: Arc<str> = stmt.deref().into();
+        if let Some(evicted) = prepared.insert(name.clone()) {
+            put_message(to_server, b'C', |m| {
+                m.put_u8(b'S');
+                put_cstr(m, evicted.as_bytes());
+            });
+            pipeline.push(Expect::Close { hide: true });
+        }
+        put_parse(&name, l, &mut parses);
+        names.push(name);
+    }
+    if names.is_empty() {
+        return;
+    }
+    to_server.unsplit(parses);
+    for name in names {
+        pipeline.push(Expect::Prepare { name });
+    }
+    put_message(to_server, b'S', |_| {});
+    pipeline.push(Expect::PrepareSync);
 }
 
 /// Sends `read`, the client's `request` on its unnamed statement, as Bind [Describe]

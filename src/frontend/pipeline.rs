@@ -49,9 +49,19 @@ pub enum Expect {
         query: Bytes,
         parse_pending: bool,
         bound: bool,
+        /// Outside a transaction block it can run again as sent; inside one an error
+        /// has aborted the block, so the client gets the error as it comes.
+        rerunnable: bool,
         /// The error that stopped it before it executed, held back from the client.
         failed: Option<Bytes>,
     },
+    /// A Parse the proxy sends on its own between transactions (see
+    /// auto_prepare::send_prepares), and the Sync that ends them: their replies, errors
+    /// included, are the proxy's.
+    Prepare {
+        name: Arc<str>,
+    },
+    PrepareSync,
     /// A request on the unnamed statement, `[Parse] Bind [Describe portal] Execute Sync`,
     /// run on the server statement `name` (see auto_prepare::send_renamed); `request` is
     /// the client's, run as sent if the statement fails before it binds.
@@ -227,6 +237,7 @@ impl Pipeline {
             id,
             parse_pending,
             bound,
+            rerunnable,
             failed,
             ..
         }) = self.q.front_mut()
@@ -251,7 +262,10 @@ impl Pipeline {
                     prepared.remove(&auto_prepare::name(*id));
                     *parse_pending = false;
                 }
-                if *bound || !auto_prepare::may_fall_back(&messages::error_fields(body).0) {
+                if *bound
+                    || !*rerunnable
+                    || !auto_prepare::may_fall_back(&messages::error_fields(body).0)
+                {
                     return true;
                 }
                 *failed = Some(Bytes::copy_from_slice(body));
@@ -453,9 +467,27 @@ impl Pipeline {
             return true;
         }
         self.flush_injects(out);
-        match self.q.front() {
-            Some(Expect::AutoQuery { .. }) => return self.on_auto(tag, body, prepared, out),
-            Some(Expect::Renamed { .. }) => return self.on_renamed(tag, body, prepared, out),
+        match (self.q.front(), tag) {
+            (Some(Expect::AutoQuery { .. }), _) => return self.on_auto(tag, body, prepared, out),
+            (Some(Expect::Renamed { .. }), _) => return self.on_renamed(tag, body, prepared, out),
+            (Some(Expect::Prepare { .. }), b'1') | (Some(Expect::PrepareSync), b'Z') => {
+                self.q.pop_front();
+                return false;
+            }
+            (Some(Expect::Prepare { .. }), b'E') => {
+                // The server skips to the Sync: none of these statements exists.
+                while let Some(e) = self.q.pop_front() {
+                    match e {
+                        Expect::Prepare { name } => prepared.remove(&name),
+                        Expect::PrepareSync => {
+                            self.q.push_front(Expect::PrepareSync);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                return false;
+            }
             _ => {}
         }
         if tag == b'G' {

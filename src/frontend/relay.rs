@@ -9,7 +9,7 @@ use super::routing::contains_ci;
 use super::session::{Server, Session};
 use crate::protocol::{messages, sqlstate, Frame};
 use crate::router::analysis::{Analysis, PinReason, SetStmt, StatementKind};
-use crate::router::parameterize::parameterize;
+use crate::router::parameterize::{parameterize, Parameterized};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 
@@ -29,6 +29,9 @@ pub(super) struct Progress {
     ahead: VecDeque<(u64, TxnOutcome)>,
     /// A commit whose position is still to be read.
     pub(super) commit: Option<PendingCommit>,
+    /// Writes that ran as sent inside a transaction block because this server lacked
+    /// their statements: prepared once it is out of the block (auto_prepare).
+    prepare: Vec<Parameterized>,
     savepoints: SavepointWatch,
     /// An extended-protocol batch was sent without its Sync yet.
     open_batch: bool,
@@ -74,6 +77,11 @@ impl Progress {
     /// Nothing in flight, though a transaction may be open.
     pub(super) fn quiet(&self) -> bool {
         self.pipeline.is_empty() && !self.open_batch && !self.copying
+    }
+
+    /// Nothing in flight, in a transaction block that has not failed.
+    fn in_block(&self) -> bool {
+        self.quiet() && self.status == b'T'
     }
 
     pub(super) fn status(&self) -> u8 {
@@ -309,6 +317,17 @@ impl Session {
                                         &mut p.commit,
                                     );
                                 }
+                                // Out of the block with nothing else in flight: a Parse
+                                // now cannot touch a transaction of the client's.
+                                let prepare = std::mem::take(&mut p.prepare);
+                                if !prepare.is_empty() && p.quiet() {
+                                    super::auto_prepare::send_prepares(
+                                        &prepare,
+                                        &mut server.prepared,
+                                        &mut p.pipeline,
+                                        &mut to_server,
+                                    );
+                                }
                             }
                             _ => {}
                         }
@@ -433,15 +452,33 @@ impl Session {
                 .take()
                 .unwrap_or_else(|| self.shared.parse_cache.analyze(sql))
         });
-        // Only with the server idle: a fallback to the client's Query (see Pipeline)
-        // must be free to run it again.
+        // With the server idle, a fallback to the client's Query (see Pipeline) is free
+        // to run it again. In a transaction block it is not: only writes without a
+        // result run there prepared, and only once this server has their statement.
         let lifted = match (&query, sql) {
             (Some(a), Some(sql))
-                if self.shared.config.pool.auto_prepare
-                    && p.idle()
-                    && super::auto_prepare::eligible(a) =>
+                if self.shared.config.pool.auto_prepare && super::auto_prepare::eligible(a) =>
             {
-                parameterize(sql)
+                if p.idle() {
+                    parameterize(sql).map(|l| (l, true))
+                } else if p.in_block() && super::auto_prepare::eligible_in_block(a, sql) {
+                    parameterize(sql).and_then(|l| {
+                        let id = super::auto_prepare::id_of(&l);
+                        if server.prepared.touch(&super::auto_prepare::name(id)) {
+                            return Some((l, false));
+                        }
+                        let known = p
+                            .prepare
+                            .iter()
+                            .any(|k| super::auto_prepare::id_of(k) == id);
+                        if !known && p.prepare.len() < super::auto_prepare::PREPARES_PER_IDLE {
+                            p.prepare.push(l);
+                        }
+                        None
+                    })
+                } else {
+                    None
+                }
             }
             _ => None,
         };
@@ -450,13 +487,14 @@ impl Session {
             .flatten()
             .and_then(|name| self.statements.analysis_of(name));
         let parsed = match lifted {
-            Some(lifted) => {
+            Some((lifted, rerunnable)) => {
                 super::auto_prepare::send(
                     frame,
                     &lifted,
                     &mut server.prepared,
                     &mut p.pipeline,
                     to_server,
+                    rerunnable,
                 );
                 None
             }
