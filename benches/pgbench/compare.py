@@ -434,6 +434,10 @@ def report(a, results, rss_under_load, memory, versions) -> str:
             out += cpu_table(a, results, w, names)
     if notes:
         out += ["Failures (first error of the run):", ""] + [f"- {n}" for n in notes] + [""]
+    if not memory and not rss_under_load:
+        return "\n".join(out)
+    # With --idle-clients 0 only the peak under load was measured.
+    memory = memory or [(name, "not measured") for name in rss_under_load]
     out += ["## Memory (VmRSS)", "",
             f"| path | RSS idle | RSS with {a.idle_clients} idle clients | bytes per idle client"
             f" | peak RSS under {RSS_LOAD_CLIENTS}-client load |", "|---|---:|---:|---:|---:|"]

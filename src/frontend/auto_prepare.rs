@@ -65,11 +65,11 @@ fn put_cstr(out: &mut BytesMut, s: &[u8]) {
     out.put_u8(0);
 }
 
-/// Closes the server statement `id`.
-pub(super) fn close(id: u64, out: &mut BytesMut) {
+/// Closes the server statement `name`.
+pub(super) fn close_named(name: &str, out: &mut BytesMut) {
     put_message(out, b'C', |m| {
         m.put_u8(b'S');
-        put_cstr(m, name(id).as_bytes());
+        put_cstr(m, name.as_bytes());
     });
 }
 
@@ -150,10 +150,7 @@ pub(super) fn send(
     let parse_pending = !prepared.touch(&name);
     if parse_pending {
         if let Some(evicted) = prepared.insert(name.deref().into()) {
-            put_message(to_server, b'C', |m| {
-                m.put_u8(b'S');
-                put_cstr(m, evicted.as_bytes());
-            });
+            close_named(&evicted, to_server);
             pipeline.push(Expect::Close { hide: true });
         }
         put_parse(&name, p, to_server);
@@ -196,10 +193,7 @@ pub(super) fn send_prepares(
         }
         let name: Arc<str> = stmt.deref().into();
         if let Some(evicted) = prepared.insert(name.clone()) {
-            put_message(to_server, b'C', |m| {
-                m.put_u8(b'S');
-                put_cstr(m, evicted.as_bytes());
-            });
+            close_named(&evicted, to_server);
             pipeline.push(Expect::Close { hide: true });
         }
         put_parse(&name, l, &mut parses);
@@ -231,10 +225,7 @@ pub(super) fn send_renamed(
     let parse_pending = !prepared.touch(&name);
     if parse_pending {
         if let Some(evicted) = prepared.insert(name.clone()) {
-            put_message(to_server, b'C', |m| {
-                m.put_u8(b'S');
-                put_cstr(m, evicted.as_bytes());
-            });
+            close_named(&evicted, to_server);
             pipeline.push(Expect::Close { hide: true });
         }
         to_server.extend_from_slice(&parse);

@@ -13,7 +13,7 @@ use super::session::{give_back, Server};
 use crate::backend::prepared::PreparedSet;
 use crate::protocol::{messages, Frame};
 use crate::topology::Node;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -278,7 +278,7 @@ fn write(
 ) -> Flight {
     let mut closes = 0;
     for name in stale.drain(..) {
-        put_close(to_server, &name);
+        auto_prepare::close_named(&name, to_server);
         closes += 1;
     }
     let mut parse = None;
@@ -286,7 +286,7 @@ fn write(
     if !prepared.touch(name) {
         let name: Arc<str> = name.into();
         if let Some(evicted) = prepared.insert(name.clone()) {
-            put_close(to_server, &evicted);
+            auto_prepare::close_named(&evicted, to_server);
             closes += 1;
         }
         req.ensure.put_parse(to_server);
@@ -312,14 +312,6 @@ fn write(
         fall_back: false,
         too_big: false,
     }
-}
-
-fn put_close(to_server: &mut BytesMut, name: &str) {
-    to_server.put_u8(b'C');
-    to_server.put_u32(4 + 1 + name.len() as u32 + 1);
-    to_server.put_u8(b'S');
-    to_server.put_slice(name.as_bytes());
-    to_server.put_u8(0);
 }
 
 /// Accounts for one server message of the request at the head; what the client would

@@ -79,6 +79,24 @@ pub enum Expect {
     },
 }
 
+/// The replies owed to `request` (a Renamed request's messages) sent as they are.
+fn expect_as_sent(q: &mut VecDeque<Expect>, mut request: &[u8], ord: u64) {
+    while request.len() >= 5 {
+        let len = u32::from_be_bytes([request[1], request[2], request[3], request[4]]);
+        q.push_back(match request[0] {
+            b'P' => Expect::Parse {
+                name: None,
+                hide: false,
+            },
+            b'B' => Expect::Bind,
+            b'D' => Expect::DescribePortal,
+            b'E' => Expect::Execute,
+            _ => Expect::Sync { ord },
+        });
+        request = request.get(len as usize + 1..).unwrap_or_default();
+    }
+}
+
 #[derive(Default)]
 pub struct Pipeline {
     q: VecDeque<Expect>,
@@ -102,13 +120,11 @@ fn put_empty(out: &mut BytesMut, tag: u8) {
     out.put_u32(4);
 }
 
-/// Close of the server statement `name`.
-fn put_close(out: &mut BytesMut, name: &str) {
-    out.put_u8(b'C');
-    out.put_u32(4 + 1 + name.len() as u32 + 1);
-    out.put_u8(b'S');
-    out.put_slice(name.as_bytes());
-    out.put_u8(0);
+/// An ErrorResponse whose body the server sent and the proxy held back.
+fn put_error(out: &mut BytesMut, body: &[u8]) {
+    out.put_u8(b'E');
+    out.put_u32(4 + body.len() as u32);
+    out.extend_from_slice(body);
 }
 
 impl Expect {
@@ -287,30 +303,9 @@ impl Pipeline {
                     self.completed = ord;
                     return true;
                 };
-                // Alone and not on a lane, the client's Query runs again right here;
-                // otherwise others are in flight behind it and it cannot.
-                let rerun = !self.lane && self.q.is_empty();
-                let mut resend = BytesMut::new();
-                if !parse_pending && prepared.touch(&auto_prepare::name(id)) {
-                    // Unusable now: closed, so the next use prepares it anew.
-                    prepared.remove(&auto_prepare::name(id));
-                    auto_prepare::close(id, &mut resend);
-                    if !rerun {
-                        // Nothing follows it: Flush, or the server keeps its
-                        // CloseComplete until the next Sync.
-                        auto_prepare::flush(&mut resend);
-                    }
-                    self.q.push_back(Expect::Close { hide: true });
-                }
-                if rerun {
-                    // Still the same request: it keeps its ordinal.
-                    self.q.push_back(Expect::Query { ord });
-                    resend.extend_from_slice(&query);
-                }
-                if !resend.is_empty() {
-                    self.resend = Some(resend);
-                }
-                if rerun {
+                let stmt = (!parse_pending).then(|| auto_prepare::name(id));
+                let expect = |q: &mut VecDeque<Expect>| q.push_back(Expect::Query { ord });
+                if self.run_again_as_sent(stmt.as_deref(), prepared, &query, expect) {
                     return false;
                 }
                 if self.lane {
@@ -321,9 +316,7 @@ impl Pipeline {
                 // The client pipelined more behind it, already sent: running the Query
                 // now would answer out of order, so the client gets the error after all.
                 self.completed = ord;
-                out.put_u8(b'E');
-                out.put_u32(4 + error.len() as u32);
-                out.extend_from_slice(&error);
+                put_error(out, &error);
                 true
             }
             _ => failed.is_none(),
@@ -394,26 +387,9 @@ impl Pipeline {
                     self.completed = ord;
                     return true;
                 };
-                let rerun = !self.lane && self.q.is_empty();
-                let mut resend = BytesMut::new();
-                if parsed && prepared.touch(&name) {
-                    // Maybe stale: closed, so the next use prepares it anew.
-                    prepared.remove(&name);
-                    put_close(&mut resend, &name);
-                    if !rerun {
-                        auto_prepare::flush(&mut resend);
-                    }
-                    self.q.push_back(Expect::Close { hide: true });
-                }
-                if rerun {
-                    // Still the same request: it keeps its ordinal.
-                    self.expect_as_sent(&request, ord);
-                    resend.extend_from_slice(&request);
-                }
-                if !resend.is_empty() {
-                    self.resend = Some(resend);
-                }
-                if rerun {
+                let stmt = parsed.then_some(&*name);
+                let expect = |q: &mut VecDeque<Expect>| expect_as_sent(q, &request, ord);
+                if self.run_again_as_sent(stmt, prepared, &request, expect) {
                     return false;
                 }
                 // The client pipelined more behind it, already sent: it gets the error.
@@ -421,31 +397,46 @@ impl Pipeline {
                 if parsed {
                     put_empty(out, b'1');
                 }
-                out.put_u8(b'E');
-                out.put_u32(4 + error.len() as u32);
-                out.extend_from_slice(&error);
+                put_error(out, &error);
                 true
             }
             _ => failed.is_none(),
         }
     }
 
-    /// The replies owed to `request` (a Renamed request's messages) sent as they are.
-    fn expect_as_sent(&mut self, mut request: &[u8], ord: u64) {
-        while request.len() >= 5 {
-            let len = u32::from_be_bytes([request[1], request[2], request[3], request[4]]);
-            self.q.push_back(match request[0] {
-                b'P' => Expect::Parse {
-                    name: None,
-                    hide: false,
-                },
-                b'B' => Expect::Bind,
-                b'D' => Expect::DescribePortal,
-                b'E' => Expect::Execute,
-                _ => Expect::Sync { ord },
-            });
-            request = request.get(len as usize + 1..).unwrap_or_default();
+    /// After a request the proxy ran in another form failed before it executed (its
+    /// error held back): closes the server statement `stmt` (unusable, maybe stale; the
+    /// next use prepares it anew) and, alone and not on a lane, runs the client's
+    /// `request` again right here, its replies owed as `expect` adds them (it keeps its
+    /// ordinal: still the same request). Returns whether it runs again; if not, others
+    /// are in flight behind it.
+    fn run_again_as_sent(
+        &mut self,
+        stmt: Option<&str>,
+        prepared: &mut PreparedSet,
+        request: &[u8],
+        expect: impl FnOnce(&mut VecDeque<Expect>),
+    ) -> bool {
+        let rerun = !self.lane && self.q.is_empty();
+        let mut resend = BytesMut::new();
+        if let Some(name) = stmt.filter(|n| prepared.touch(n)) {
+            prepared.remove(name);
+            auto_prepare::close_named(name, &mut resend);
+            if !rerun {
+                // Nothing follows it: Flush, or the server keeps its CloseComplete
+                // until the next Sync.
+                auto_prepare::flush(&mut resend);
+            }
+            self.q.push_back(Expect::Close { hide: true });
         }
+        if rerun {
+            expect(&mut self.q);
+            resend.extend_from_slice(request);
+        }
+        if !resend.is_empty() {
+            self.resend = Some(resend);
+        }
+        rerun
     }
 
     /// Emits replies the proxy owes before anything else arrives (e.g. a dropped

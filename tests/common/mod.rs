@@ -588,6 +588,34 @@ pub fn describe_all(msgs: &[Msg]) -> String {
     msgs.iter().map(Msg::describe).collect::<Vec<_>>().join(" ")
 }
 
+/// Sends `req`, a read of the row of `items` with id 12345 on the unnamed statement,
+/// six times, adding a column to `items` (and waiting for the replicas) before the
+/// fourth: every reply must be whole, with the new column from then on, although a
+/// statement the proxy kept for it now fails ("cached plan must not change result
+/// type").
+pub async fn unnamed_read_across_a_table_change(env: &Env, w: &mut Wire, req: &[u8]) {
+    let mut columns = Vec::new();
+    for step in 0..6 {
+        if step == 3 {
+            env.direct()
+                .await
+                .batch_execute("alter table items add column extra int default 7")
+                .await
+                .unwrap();
+            let cluster = &env.cluster;
+            tokio::task::block_in_place(|| {
+                cluster.wait_replicas_caught_up(Duration::from_secs(30))
+            })
+            .unwrap();
+        }
+        w.send(req).await;
+        let r = w.until_ready().await;
+        assert_eq!(describe_all(&r), "1 2 D C(SELECT 1) Z(I)", "step {step}");
+        columns.push(r.iter().find_map(Msg::data_row).unwrap().len());
+    }
+    assert_eq!(columns, [3, 3, 3, 4, 4, 4]);
+}
+
 /// Runs a command-line client off the async runtime.
 pub async fn run_cmd_async(mut cmd: std::process::Command) -> (bool, String, String) {
     tokio::task::spawn_blocking(move || run_cmd(&mut cmd))
