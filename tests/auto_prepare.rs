@@ -111,11 +111,7 @@ async fn a_changed_table_behind_a_prepared_select_is_invisible() {
     for _ in 0..2 {
         common::one_row(&mut w, sql).await;
     }
-    env.direct()
-        .await
-        .batch_execute("alter table items add column extra int default 7")
-        .await
-        .unwrap();
+    common::add_a_column_to_items(&env).await;
     for _ in 0..2 {
         let row = common::one_row(&mut w, sql).await;
         assert_eq!(row.len(), 4, "the new column is there");
@@ -381,11 +377,7 @@ async fn writes_in_a_transaction_block_run_prepared_once_known() {
     // list in turn (the blocks lock the same row), which leaves the table as it was.
     for round in 0..4 {
         if round == 3 {
-            env.direct()
-                .await
-                .batch_execute("alter table items add column extra int default 7")
-                .await
-                .unwrap();
+            common::add_a_column_to_items(&env).await;
         }
         let mut want = Vec::new();
         for sql in block {

@@ -145,14 +145,7 @@ async fn a_changed_table_is_invisible_through_a_lane() {
     for _ in 0..3 {
         common::one_row(&mut w, sql).await;
     }
-    env.direct()
-        .await
-        .batch_execute("alter table items add column extra int default 7")
-        .await
-        .unwrap();
-    let cluster = &env.cluster;
-    tokio::task::block_in_place(|| cluster.wait_replicas_caught_up(Duration::from_secs(30)))
-        .unwrap();
+    common::add_a_column_to_items(&env).await;
     for _ in 0..3 {
         let row = common::one_row(&mut w, sql).await;
         assert_eq!(row.len(), 4, "the new column is there");

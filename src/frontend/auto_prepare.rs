@@ -65,6 +65,20 @@ fn put_cstr(out: &mut BytesMut, s: &[u8]) {
     out.put_u8(0);
 }
 
+/// Notes `name` as prepared on this connection; the statement evicted for room, if
+/// any, is closed (its CloseComplete hidden). The caller sends the Parse.
+pub(super) fn add_statement(
+    name: Arc<str>,
+    prepared: &mut PreparedSet,
+    pipeline: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
+    if let Some(evicted) = prepared.insert(name) {
+        close_named(&evicted, to_server);
+        pipeline.push(Expect::Close { hide: true });
+    }
+}
+
 /// Closes the server statement `name`.
 pub(super) fn close_named(name: &str, out: &mut BytesMut) {
     put_message(out, b'C', |m| {
@@ -149,10 +163,7 @@ pub(super) fn send(
     let name = name(id);
     let parse_pending = !prepared.touch(&name);
     if parse_pending {
-        if let Some(evicted) = prepared.insert(name.deref().into()) {
-            close_named(&evicted, to_server);
-            pipeline.push(Expect::Close { hide: true });
-        }
+        add_statement(name.deref().into(), prepared, pipeline, to_server);
         put_parse(&name, p, to_server);
     }
     put_execute(&name, p, frame.body(), to_server);
@@ -178,7 +189,7 @@ pub(super) const PREPARES_PER_IDLE: usize = 8;
 /// statements evicted for room go first: they cannot fail, so a failed Parse (after
 /// which the server skips to the Sync) skips none of them.
 pub(super) fn send_prepares(
-    lifted: &[Parameterized],
+    lifted: &[(u64, Parameterized)],
     prepared: &mut PreparedSet,
     pipeline: &mut Pipeline,
     to_server: &mut BytesMut,
@@ -186,16 +197,13 @@ pub(super) fn send_prepares(
     let mut parses = BytesMut::new();
     let mut names = Vec::new();
     let most = PREPARES_PER_IDLE.min(prepared.capacity());
-    for l in lifted {
-        let stmt = name(id_of(l));
+    for (id, l) in lifted {
+        let stmt = name(*id);
         if names.len() == most || prepared.touch(&stmt) {
             continue;
         }
         let name: Arc<str> = stmt.deref().into();
-        if let Some(evicted) = prepared.insert(name.clone()) {
-            close_named(&evicted, to_server);
-            pipeline.push(Expect::Close { hide: true });
-        }
+        add_statement(name.clone(), prepared, pipeline, to_server);
         put_parse(&name, l, &mut parses);
         names.push(name);
     }
@@ -224,10 +232,7 @@ pub(super) fn send_renamed(
     let (name, parse) = read.ensure;
     let parse_pending = !prepared.touch(&name);
     if parse_pending {
-        if let Some(evicted) = prepared.insert(name.clone()) {
-            close_named(&evicted, to_server);
-            pipeline.push(Expect::Close { hide: true });
-        }
+        add_statement(name.clone(), prepared, pipeline, to_server);
         to_server.extend_from_slice(&parse);
     }
     to_server.extend_from_slice(&read.msgs);

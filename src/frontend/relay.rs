@@ -31,7 +31,7 @@ pub(super) struct Progress {
     pub(super) commit: Option<PendingCommit>,
     /// Writes that ran as sent inside a transaction block because this server lacked
     /// their statements: prepared once it is out of the block (auto_prepare).
-    prepare: Vec<Parameterized>,
+    prepare: Vec<(u64, Parameterized)>,
     savepoints: SavepointWatch,
     /// An extended-protocol batch was sent without its Sync yet.
     open_batch: bool,
@@ -467,12 +467,9 @@ impl Session {
                         if server.prepared.touch(&super::auto_prepare::name(id)) {
                             return Some((l, false));
                         }
-                        let known = p
-                            .prepare
-                            .iter()
-                            .any(|k| super::auto_prepare::id_of(k) == id);
+                        let known = p.prepare.iter().any(|(k, _)| *k == id);
                         if !known && p.prepare.len() < super::auto_prepare::PREPARES_PER_IDLE {
-                            p.prepare.push(l);
+                            p.prepare.push((id, l));
                         }
                         None
                     })

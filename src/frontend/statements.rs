@@ -91,13 +91,7 @@ fn add(
     to_server: &mut BytesMut,
     hide: bool,
 ) {
-    if let Some(evicted) = prepared.insert(stmt.server_name.clone()) {
-        let mut body = vec![b'S'];
-        body.extend_from_slice(evicted.as_bytes());
-        body.push(0);
-        to_server.unsplit(message(b'C', &[&body]));
-        pipeline.push(Expect::Close { hide: true });
-    }
+    super::auto_prepare::add_statement(stmt.server_name.clone(), prepared, pipeline, to_server);
     to_server.extend_from_slice(&stmt.parse);
     pipeline.push(Expect::Parse {
         name: Some(stmt.server_name.clone()),

@@ -588,6 +588,19 @@ pub fn describe_all(msgs: &[Msg]) -> String {
     msgs.iter().map(Msg::describe).collect::<Vec<_>>().join(" ")
 }
 
+/// Adds column `extra` (default 7) to the tests' `items` table and waits until the
+/// replicas have it: statements kept for `items` now return another row type.
+pub async fn add_a_column_to_items(env: &Env) {
+    env.direct()
+        .await
+        .batch_execute("alter table items add column extra int default 7")
+        .await
+        .unwrap();
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| cluster.wait_replicas_caught_up(Duration::from_secs(30)))
+        .unwrap();
+}
+
 /// Sends `req`, a read of the row of `items` with id 12345 on the unnamed statement,
 /// six times, adding a column to `items` (and waiting for the replicas) before the
 /// fourth: every reply must be whole, with the new column from then on, although a
@@ -597,16 +610,7 @@ pub async fn unnamed_read_across_a_table_change(env: &Env, w: &mut Wire, req: &[
     let mut columns = Vec::new();
     for step in 0..6 {
         if step == 3 {
-            env.direct()
-                .await
-                .batch_execute("alter table items add column extra int default 7")
-                .await
-                .unwrap();
-            let cluster = &env.cluster;
-            tokio::task::block_in_place(|| {
-                cluster.wait_replicas_caught_up(Duration::from_secs(30))
-            })
-            .unwrap();
+            add_a_column_to_items(env).await;
         }
         w.send(req).await;
         let r = w.until_ready().await;
