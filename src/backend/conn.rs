@@ -349,6 +349,11 @@ impl ServerConn {
         std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx).is_ready())).await
     }
 
+    /// Whether the connection has exactly the client's startup parameters already.
+    pub fn params_applied(&self, wanted: &[(String, String)]) -> bool {
+        self.applied == wanted
+    }
+
     /// Brings the connection to the client's startup parameters: SET what differs,
     /// RESET what a previous client set and this one did not.
     pub async fn apply_params(

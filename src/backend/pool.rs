@@ -39,7 +39,11 @@ impl managed::Manager for Manager {
             return Err(RecycleError::message("server sent data while idle"));
         }
         if conn.last_used.elapsed() >= self.idle_check {
-            conn.run_internal("").await.map_err(RecycleError::Backend)?;
+            // Boxed: rare next to a checkout, and its state would otherwise be copied
+            // with every checkout future.
+            Box::pin(conn.run_internal(""))
+                .await
+                .map_err(RecycleError::Backend)?;
         }
         Ok(())
     }

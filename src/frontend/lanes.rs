@@ -305,7 +305,8 @@ impl Session {
             Found::Full => return None,
             Found::Open => {
                 // The server is the lane's, not this client's to cancel.
-                let server = self.checkout_node_unwatched(&node).await.ok()?;
+                // Boxed: a lane opens rarely, and every read's future would carry it.
+                let server = Box::pin(self.checkout_node_unwatched(&node)).await.ok()?;
                 shared.lanes.open(&node, settings, server)
             }
         };

@@ -412,7 +412,9 @@ impl Session {
                     .clone();
                 // The monitor samples every lag_interval_ms, usually long after a replica
                 // has replayed a fresh commit: ask one directly meanwhile.
-                if let Some((s, node)) = self.probe_replay(&topo, &need, &tried, &mut probed).await
+                // Boxed, as waiting is rare: see stay_pinned.
+                if let Some((s, node)) =
+                    Box::pin(self.probe_replay(&topo, &need, &tried, &mut probed)).await
                 {
                     self.cancel_goes_to(&s);
                     let s = self.unless_cancelled(s, Some(&cancel))?;

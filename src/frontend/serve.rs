@@ -112,7 +112,7 @@ impl Session {
                 Route::Replica
             };
             if self.mode == PoolMode::Session || self.pinned.is_some() {
-                return self.held(server, req).await.map(|_| None);
+                return Box::pin(self.held(server, req)).await.map(|_| None);
             }
             node.runtime.begin_query();
             let flow = self.attached_until_idle(server, req, retry).await;
@@ -194,23 +194,32 @@ impl Session {
             .await;
         match flow {
             Ok(Flow::Idle) if self.pinned.is_some() => {
-                // Pinned by this request: keep the very same connection from now on.
-                if let Some(pending) = progress.commit.take() {
-                    self.capture_commit(&mut server, pending, false).await;
-                }
-                return self
-                    .held(server, BytesMut::new())
-                    .await
-                    .map(|_| Flow::ClientGone);
+                return Box::pin(self.stay_pinned(server, progress)).await;
             }
             Ok(Flow::Idle) => match progress.commit.take() {
                 // The client has its reply and may send its next request at once.
                 Some(pending) => self.capture_detached(server, pending),
                 None => self.release(server, false).await,
             },
-            _ => self.finish(server, &progress).await,
+            _ => Box::pin(self.finish(server, &progress)).await,
         }
         flow
+    }
+
+    /// Pinned by the request just answered: keeps the very same connection from now on.
+    /// (The paths boxed here and above are rare; inline, their state would be part of,
+    /// and copied with, every request's future.)
+    async fn stay_pinned(
+        &mut self,
+        mut server: Server,
+        mut progress: Progress,
+    ) -> anyhow::Result<Flow> {
+        if let Some(pending) = progress.commit.take() {
+            self.capture_commit(&mut server, pending, false).await;
+        }
+        self.held(server, BytesMut::new())
+            .await
+            .map(|_| Flow::ClientGone)
     }
 
     /// Leaves a server the client no longer uses in a reusable state, or discards it.
@@ -226,5 +235,53 @@ impl Session {
         // is reset before anyone else gets it.
         let reset = self.mode == PoolMode::Session || self.pinned.is_some();
         self.release(server, reset).await;
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    //! Every request builds and moves its futures: the rare paths boxed in this module
+    //! and in checkout must stay out of them. Sizes are compared with each other, so
+    //! the checks hold in debug and release builds alike.
+    use super::*;
+    use crate::backend::pool::ServerPool;
+
+    /// The size of the future a function returns, without calling it.
+    fn returned<A, R>(_: impl FnOnce(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn rare_paths_stay_out_of_a_requests_future() {
+        type S = &'static mut Session;
+        let lane_read = returned(
+            |(s, plan, needed, req): (S, &'static Plan, &'static Needed, &'static BytesMut)| {
+                s.lane_read(plan, needed, req, b'Q')
+            },
+        );
+        let checkout = returned(|(s, pool): (S, &'static ServerPool)| s.checkout_unwatched(pool));
+        let attached = returned(|(s, server): (S, Server)| {
+            s.attached_until_idle(server, BytesMut::new(), Retry::default())
+        });
+        let relay = returned(
+            |(s, server, p): (S, &'static mut Server, &'static mut Progress)| {
+                s.relay(server, p, BytesMut::new(), false, Retry::default())
+            },
+        );
+        let finish = returned(|(s, server, p): (S, Server, &'static Progress)| s.finish(server, p));
+        println!(
+            "lane_read {lane_read} B, checkout {checkout} B, attached {attached} B, \
+             relay {relay} B, finish {finish} B"
+        );
+        // A lane opens with a checkout, boxed.
+        assert!(
+            lane_read < checkout,
+            "lane_read {lane_read} B, checkout {checkout} B"
+        );
+        // Beyond its relay, a request holds less than a finish (boxed: errors only).
+        assert!(
+            attached < relay + finish,
+            "attached {attached} B, relay {relay} B, finish {finish} B"
+        );
     }
 }

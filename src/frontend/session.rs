@@ -275,15 +275,22 @@ impl Session {
         pool: &ServerPool,
     ) -> Result<Server, CheckoutError> {
         // Without waiting when the pool has a connection to give; a wait can be cancelled.
+        // The wait, and bringing a server to this client's parameters, are boxed: both
+        // are rare next to a checkout, which is part of every request's future.
         let now = Timeouts {
             wait: Some(Duration::ZERO),
             ..pool.timeouts()
         };
         let mut server = match pool.timeout_get(&now).await {
-            Err(PoolError::Timeout(TimeoutType::Wait)) => self.wait_for_server(pool).await?,
+            Err(PoolError::Timeout(TimeoutType::Wait)) => {
+                Box::pin(self.wait_for_server(pool)).await?
+            }
             got => got.map_err(CheckoutError::Pool)?,
         };
-        if let Err(e) = server.apply_params(&self.params).await {
+        if server.params_applied(&self.params) {
+            return Ok(server);
+        }
+        if let Err(e) = Box::pin(server.apply_params(&self.params)).await {
             if server.broken {
                 let _ = Object::take(server);
             }
@@ -357,7 +364,8 @@ impl Session {
     pub(super) async fn release(&mut self, mut server: Server, reset: bool) {
         if reset && !server.broken {
             // Session mode hands a connection to an unrelated client next.
-            if server.run_internal("DISCARD ALL").await.is_ok() {
+            // Boxed: rare, and every request's future would otherwise carry its state.
+            if Box::pin(server.run_internal("DISCARD ALL")).await.is_ok() {
                 server.applied.clear();
                 server.prepared.clear();
             }
