@@ -256,7 +256,7 @@ impl Session {
     pub(super) async fn lane_read(
         &mut self,
         plan: &Plan,
-        needed: &Needed,
+        needed: &mut Needed,
         req: &BytesMut,
         tag: u8,
     ) -> Option<BytesMut> {
@@ -295,7 +295,7 @@ impl Session {
         {
             return None;
         }
-        let request = self.lane_request(req, tag)?;
+        let request = self.lane_request(req, tag, &mut needed.lifted)?;
         if shared.lanes.slow.is_off(request.0.key, Instant::now()) {
             return None;
         }
@@ -328,11 +328,13 @@ impl Session {
         }
     }
 
-    /// The lane form of the request, and where its reply will come.
+    /// The lane form of the request, and where its reply will come. A Query's
+    /// parameterised form is taken from `lift` when routing found it.
     fn lane_request(
         &mut self,
         req: &BytesMut,
         tag: u8,
+        lift: &mut Option<Option<Parameterized>>,
     ) -> Option<(LaneRequest, oneshot::Receiver<LaneReply>)> {
         let (reply, rx) = oneshot::channel();
         let request = match tag {
@@ -342,7 +344,13 @@ impl Session {
                     return None;
                 }
                 let body = req.get(5..)?;
-                let lifted = parameterize(super::routing::sql_of(b'Q', body)?)?;
+                if matches!(lift, Some(None)) {
+                    return None;
+                }
+                let lifted = match lift.take().flatten() {
+                    Some(l) => l,
+                    None => parameterize(super::routing::sql_of(b'Q', body)?)?,
+                };
                 let key = auto_prepare::id_of(&lifted);
                 let name = auto_prepare::name(key);
                 let mut msgs = BytesMut::new();

@@ -32,6 +32,8 @@ pub(super) struct Progress {
     /// Writes that ran as sent inside a transaction block because this server lacked
     /// their statements: prepared once it is out of the block (auto_prepare).
     prepare: Vec<(u64, Parameterized)>,
+    /// What routing found the routed Query's parameterised form to be (Needed::lifted).
+    pub(super) lifted: Option<Option<Parameterized>>,
     savepoints: SavepointWatch,
     /// An extended-protocol batch was sent without its Sync yet.
     open_batch: bool,
@@ -447,11 +449,17 @@ impl Session {
         if sql.is_some_and(|q| contains_ci(q.as_bytes(), b"synchronous_commit")) {
             p.staged(ord).may_be_unflushed = true;
         }
-        let query = sql.filter(|_| frame.tag == b'Q').map(|sql| {
-            self.routed
-                .take()
-                .unwrap_or_else(|| self.shared.parse_cache.analyze(sql))
-        });
+        let mut known_lift = None;
+        let query = sql
+            .filter(|_| frame.tag == b'Q')
+            .map(|sql| match self.routed.take() {
+                Some(a) => {
+                    known_lift = p.lifted.take();
+                    a
+                }
+                None => self.shared.parse_cache.analyze(sql),
+            });
+        let lift = |sql| known_lift.unwrap_or_else(|| parameterize(sql));
         // With the server idle, a fallback to the client's Query (see Pipeline) is free
         // to run it again. In a transaction block it is not: only writes without a
         // result run there prepared, and only once this server has their statement.
@@ -460,9 +468,9 @@ impl Session {
                 if self.shared.config.pool.auto_prepare && super::auto_prepare::eligible(a) =>
             {
                 if p.idle() {
-                    parameterize(sql).map(|l| (l, true))
+                    lift(sql).map(|l| (l, true))
                 } else if p.in_block() && super::auto_prepare::eligible_in_block(a, sql) {
-                    parameterize(sql).and_then(|l| {
+                    lift(sql).and_then(|l| {
                         let id = super::auto_prepare::id_of(&l);
                         if server.prepared.touch(&super::auto_prepare::name(id)) {
                             return Some((l, false));

@@ -10,7 +10,8 @@ use crate::config::{ConsistencyMode, LagSource};
 use crate::consistency::clock::UNREACHABLE;
 use crate::consistency::lsn;
 use crate::router::analysis::{Analysis, SetStmt};
-use crate::router::fingerprint::{leading_hint, Hint};
+use crate::router::fingerprint::{fingerprint_and_lift, leading_hint, Hint};
+use crate::router::parameterize::Parameterized;
 use crate::router::plan::{self, Plan, RequestPart, Route, RouteOverride, SessionView};
 use crate::topology::balancer::{self, Draw};
 use crate::topology::{Node, ReadNeed, Topology};
@@ -78,6 +79,7 @@ impl Session {
         let mut analyses = Analyses::default();
         let mut function_call = false;
         let mut executes = false;
+        let mut lifted = None;
         let mut rest = req;
         while rest.len() >= 5 {
             let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
@@ -85,7 +87,15 @@ impl Session {
             match tag {
                 b'Q' | b'P' => {
                     if let Some(sql) = sql_of(tag, body) {
-                        analyses.push((self.shared.parse_cache.analyze(sql), leading_hint(sql)));
+                        let cache = &self.shared.parse_cache;
+                        let analysis = if tag == b'Q' && self.shared.config.pool.auto_prepare {
+                            let (key, lift) = fingerprint_and_lift(sql);
+                            lifted = Some(lift);
+                            cache.analyze_keyed(key, sql)
+                        } else {
+                            cache.analyze(sql)
+                        };
+                        analyses.push((analysis, leading_hint(sql)));
                     }
                 }
                 b'B' => {
@@ -107,6 +117,7 @@ impl Session {
             Some((a, _)) if req.first() == Some(&b'Q') => Some(a.clone()),
             _ => None,
         };
+        let lifted = lifted.filter(|_| self.routed.is_some());
         // One statement, the usual request, is planned without building a Vec.
         let one: [RequestPart<'_>; 1];
         let many: Vec<RequestPart<'_>>;
@@ -137,7 +148,13 @@ impl Session {
         );
         self.shared.counters.query(p.route, p.reason);
         if p.route == Route::Primary {
-            return (p, Needed::default());
+            return (
+                p,
+                Needed {
+                    lifted,
+                    ..Needed::default()
+                },
+            );
         }
         let min_position = self.min_position_of(analyses.iter().map(|(a, _)| a));
         // A commit of a table it reads is still being captured: the position is asked
@@ -149,6 +166,7 @@ impl Session {
             Needed {
                 min_position,
                 recheck,
+                lifted,
             },
         )
     }
@@ -546,13 +564,16 @@ impl Session {
     }
 }
 
-/// What a replica must have replayed for a read.
+/// What a replica must have replayed for a read, and what routing learnt on the way.
 #[derive(Default)]
 pub(super) struct Needed {
     pub min_position: u64,
     /// The read's analyses, kept while the position is UNREACHABLE (a commit being
     /// captured) to ask again as the read waits.
     recheck: Option<Vec<Arc<Analysis>>>,
+    /// For a request that is one Query (with auto_prepare on): its parameterised form,
+    /// found in the same lexer pass as its fingerprint. Some(None): it has none.
+    pub lifted: Option<Option<Parameterized>>,
 }
 
 /// Whether a cancel left its permit in `cancelled` (polled once, never waits).

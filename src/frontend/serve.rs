@@ -7,6 +7,7 @@ use super::routing::Needed;
 use super::session::{CheckoutError, Server, Session};
 use crate::config::PoolMode;
 use crate::protocol::{messages, sqlstate};
+use crate::router::parameterize::Parameterized;
 use crate::router::plan::{Plan, Route};
 use bytes::BytesMut;
 
@@ -74,7 +75,7 @@ impl Session {
     async fn run_request(
         &mut self,
         plan: Plan,
-        needed: Needed,
+        mut needed: Needed,
         req: BytesMut,
         tag: u8,
     ) -> anyhow::Result<Option<bool>> {
@@ -86,7 +87,7 @@ impl Session {
             going_away: complete,
             lost: complete && plan.route == Route::Replica,
         };
-        if let Some(reply) = self.lane_read(&plan, &needed, &req, tag).await {
+        if let Some(reply) = self.lane_read(&plan, &mut needed, &req, tag).await {
             self.out.unsplit(reply);
             self.flush_out().await?;
             return Ok(Some(false));
@@ -115,7 +116,8 @@ impl Session {
                 return Box::pin(self.held(server, req)).await.map(|_| None);
             }
             node.runtime.begin_query();
-            let flow = self.attached_until_idle(server, req, retry).await;
+            let lifted = needed.lifted.take();
+            let flow = self.attached_until_idle(server, req, retry, lifted).await;
             node.runtime.end_query();
             match flow? {
                 Flow::Idle => return Ok(Some(false)),
@@ -187,8 +189,10 @@ impl Session {
         mut server: Server,
         request: BytesMut,
         retry: Retry,
+        lifted: Option<Option<Parameterized>>,
     ) -> anyhow::Result<Flow> {
         let mut progress = Progress::new();
+        progress.lifted = lifted;
         let flow = self
             .relay(&mut server, &mut progress, request, false, retry)
             .await;
@@ -255,13 +259,13 @@ mod footprint {
     fn rare_paths_stay_out_of_a_requests_future() {
         type S = &'static mut Session;
         let lane_read = returned(
-            |(s, plan, needed, req): (S, &'static Plan, &'static Needed, &'static BytesMut)| {
+            |(s, plan, needed, req): (S, &'static Plan, &'static mut Needed, &'static BytesMut)| {
                 s.lane_read(plan, needed, req, b'Q')
             },
         );
         let checkout = returned(|(s, pool): (S, &'static ServerPool)| s.checkout_unwatched(pool));
         let attached = returned(|(s, server): (S, Server)| {
-            s.attached_until_idle(server, BytesMut::new(), Retry::default())
+            s.attached_until_idle(server, BytesMut::new(), Retry::default(), None)
         });
         let relay = returned(
             |(s, server, p): (S, &'static mut Server, &'static mut Progress)| {

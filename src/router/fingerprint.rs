@@ -4,7 +4,8 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
 
-use super::analysis::lexer::{Lexer, TokenKind};
+use super::analysis::lexer::{Lexer, Token, TokenKind};
+use super::parameterize::{Lifter, Parameterized};
 
 /// Routing hint given by a leading comment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,20 +22,24 @@ pub enum Hint {
 /// clients: nobody should be able to craft a query whose fingerprint matches someone else's.
 /// Stable within one build of the proxy (do not persist it).
 pub fn fingerprint(sql: &str) -> u64 {
-    let bytes = sql.as_bytes();
     let mut out = FpHasher::new();
     for tok in Lexer::new(sql) {
-        let text = &bytes[tok.start..tok.end];
-        match tok.kind {
-            TokenKind::Word => out.token(1, text, true),
-            TokenKind::QuotedIdent => out.token(2, text, false),
-            TokenKind::Literal => out.push(&[3], false),
-            TokenKind::Param => out.token(4, text, false),
-            TokenKind::Operator => out.token(5, text, false),
-            TokenKind::Punct => out.push2(6, text[0]),
-        }
+        out.add(sql.as_bytes(), tok);
     }
     out.finish()
+}
+
+/// `fingerprint(sql)` and `parameterize(sql)` from one lexer pass: a simple Query needs
+/// both, the first to find its analysis and the second to run it prepared.
+pub fn fingerprint_and_lift(sql: &str) -> (u64, Option<Parameterized>) {
+    let bytes = sql.as_bytes();
+    let mut out = FpHasher::new();
+    let mut lifter = Lifter::default();
+    for tok in Lexer::new(sql) {
+        out.add(bytes, tok);
+        lifter.token(bytes, tok);
+    }
+    (out.finish(), lifter.finish(sql))
 }
 
 /// The routing hint, if the query starts (after whitespace) with `/* pgwarden:primary */` or
@@ -120,6 +125,20 @@ impl FpHasher {
             }
         }
         self.push(text, fold);
+    }
+
+    /// Hashes the next token of `bytes`.
+    #[inline]
+    fn add(&mut self, bytes: &[u8], tok: Token) {
+        let text = &bytes[tok.start..tok.end];
+        match tok.kind {
+            TokenKind::Word => self.token(1, text, true),
+            TokenKind::QuotedIdent => self.token(2, text, false),
+            TokenKind::Literal => self.push(&[3], false),
+            TokenKind::Param => self.token(4, text, false),
+            TokenKind::Operator => self.token(5, text, false),
+            TokenKind::Punct => self.push2(6, text[0]),
+        }
     }
 
     fn flush(&mut self) {
@@ -234,6 +253,42 @@ mod tests {
         differ("SELECT $1", "SELECT $2");
         differ("SELECT $1", "SELECT 1");
         differ("SELECT 'a'", "SELECT \"a\"");
+    }
+
+    #[test]
+    fn one_pass_gives_what_two_do() {
+        let many = (1..=40)
+            .map(|i| format!("c{i} = {}", 1000 + i))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let many = format!("select * from t where {many}");
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 57203;",
+            "UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 98765;",
+            "select * from t where a = -42 and b >= 3000000000 and c < -2147483648",
+            "select * from t where id =-1234",
+            "SELECT * FROM t WHERE (a + b) > 100 ORDER BY 2 LIMIT 20 OFFSET 400",
+            "select * from t where k = 7 and id = 123",
+            "select * from t where k = 7",
+            "select * from t where name = 'bob' and id = 1234",
+            "select * from t where id = 1234 and x = $1",
+            "select * from t where id = 123::bigint and k = 5000",
+            "insert into t values (1234, 5678)",
+            "select * from t where id = 99999999999999999999",
+            r#"select * from t where "Id" = 1234 -- c"#,
+            "/* pgwarden:replica */ SELECT 1",
+            "",
+            &many,
+        ] {
+            assert_eq!(
+                fingerprint_and_lift(sql),
+                (
+                    fingerprint(sql),
+                    crate::router::parameterize::parameterize(sql)
+                ),
+                "{sql}"
+            );
+        }
     }
 
     #[test]

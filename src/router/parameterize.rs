@@ -4,7 +4,7 @@
 //! exactly as PostgreSQL types the literal, and the text keeps every other byte at its
 //! offset so error positions still point at the client's own SQL.
 
-use super::analysis::lexer::{Lexer, TokenKind};
+use super::analysis::lexer::{Lexer, Token, TokenKind};
 use std::fmt::Write;
 use std::ops::Range;
 
@@ -90,62 +90,100 @@ fn is_keyword_before_value(w: &[u8]) -> bool {
 /// safely (strings, decimals, long integers outside a comparison or LIMIT/OFFSET), already
 /// has `$n` references, or has nothing to lift.
 pub fn parameterize(sql: &str) -> Option<Parameterized> {
-    let bytes = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
-    let mut types = Vec::new();
-    let mut values = Vec::new();
-    let mut copied = 0;
-    // The two previous tokens: (kind, start, end).
-    let mut prev: Option<(TokenKind, usize, usize)> = None;
-    let mut prev2: Option<(TokenKind, usize, usize)> = None;
+    let mut lifter = Lifter::default();
     for tok in Lexer::new(sql) {
+        if !lifter.token(sql.as_bytes(), tok) {
+            return None;
+        }
+    }
+    lifter.finish(sql)
+}
+
+/// `parameterize` fed one token at a time, so that the one lexer pass a request gets can
+/// also feed its fingerprint. Nothing is allocated until a literal is lifted.
+#[derive(Default)]
+pub(crate) struct Lifter {
+    types: Vec<u32>,
+    values: Vec<Range<usize>>,
+    /// The two previous tokens.
+    prev: Option<Token>,
+    prev2: Option<Token>,
+    refused: bool,
+}
+
+impl Lifter {
+    /// Takes the next token of `bytes`; false once the statement cannot be lifted.
+    #[inline]
+    pub(crate) fn token(&mut self, bytes: &[u8], tok: Token) -> bool {
+        if self.refused {
+            return false;
+        }
         let text = &bytes[tok.start..tok.end];
         match tok.kind {
-            TokenKind::Param => return None,
+            TokenKind::Param => self.refused = true,
             TokenKind::Literal => {
                 let ty = integer_type(text);
-                let after_operator = matches!(prev, Some((TokenKind::Operator, s, e)) if takes_value(&bytes[s..e]))
-                    && matches!(prev2, Some((k, s, e)) if ends_operand(k, &bytes[s..e]));
-                let after_limit = matches!(prev, Some((TokenKind::Word, s, e))
-                    if bytes[s..e].eq_ignore_ascii_case(b"limit") || bytes[s..e].eq_ignore_ascii_case(b"offset"));
+                let after_operator = matches!(self.prev, Some(t) if t.kind == TokenKind::Operator && takes_value(&bytes[t.start..t.end]))
+                    && matches!(self.prev2, Some(t) if ends_operand(t.kind, &bytes[t.start..t.end]));
+                let after_limit = matches!(self.prev, Some(t) if t.kind == TokenKind::Word
+                    && (bytes[t.start..t.end].eq_ignore_ascii_case(b"limit") || bytes[t.start..t.end].eq_ignore_ascii_case(b"offset")));
                 // A literal glued to a following word or `.`/`::` is not a plain value.
                 let glued = matches!(bytes.get(tok.end), Some(c) if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.' || *c == b':' || *c == b'$');
-                let n = types.len() + 1;
-                let placeholder_len = if n < 10 { 2 } else { 3 };
+                let placeholder_len = placeholder_len(self.types.len() + 1);
                 match ty {
                     Some(ty)
                         if (after_operator || after_limit)
                             && !glued
                             && text.len() >= placeholder_len =>
                     {
-                        if types.len() == MAX_PARAMS {
-                            return None;
+                        if self.types.len() == MAX_PARAMS {
+                            self.refused = true;
+                        } else {
+                            self.types.push(ty);
+                            self.values.push(tok.start..tok.end);
                         }
-                        out.push_str(&sql[copied..tok.start]);
-                        let _ = write!(out, "${n}");
-                        out.extend(std::iter::repeat_n(' ', text.len() - placeholder_len));
-                        copied = tok.end;
-                        types.push(ty);
-                        values.push(tok.start..tok.end);
                     }
                     Some(_) if text.len() <= MAX_INLINE_LITERAL => {}
-                    _ => return None,
+                    _ => self.refused = true,
                 }
             }
             _ => {}
         }
-        prev2 = prev;
-        prev = Some((tok.kind, tok.start, tok.end));
+        self.prev2 = self.prev;
+        self.prev = Some(tok);
+        !self.refused
     }
-    if types.is_empty() {
-        return None;
+
+    /// The parameterised `sql` (the text every token came from), if anything was lifted.
+    pub(crate) fn finish(self, sql: &str) -> Option<Parameterized> {
+        if self.refused || self.types.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(sql.len());
+        let mut copied = 0;
+        for (i, value) in self.values.iter().enumerate() {
+            out.push_str(&sql[copied..value.start]);
+            let n = i + 1;
+            let _ = write!(out, "${n}");
+            out.extend(std::iter::repeat_n(' ', value.len() - placeholder_len(n)));
+            copied = value.end;
+        }
+        out.push_str(&sql[copied..]);
+        Some(Parameterized {
+            sql: out,
+            types: self.types,
+            values: self.values,
+        })
     }
-    out.push_str(&sql[copied..]);
-    Some(Parameterized {
-        sql: out,
-        types,
-        values,
-    })
+}
+
+/// The length of `$n`: parameters number at most MAX_PARAMS, so one or two digits.
+fn placeholder_len(n: usize) -> usize {
+    if n < 10 {
+        2
+    } else {
+        3
+    }
 }
 
 #[cfg(test)]

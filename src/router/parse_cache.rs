@@ -93,7 +93,11 @@ impl ParseCache {
     /// Analyses containing a SET are not cached: their value is a literal, which the
     /// fingerprint ignores.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
-        let key = fingerprint(sql);
+        self.analyze_keyed(fingerprint(sql), sql)
+    }
+
+    /// `analyze` for a caller that has the fingerprint of `sql` already (`key`).
+    pub fn analyze_keyed(&self, key: u64, sql: &str) -> Arc<Analysis> {
         let shard = &self.shards[(key >> 32) as usize % self.shards.len()];
         let hit = lock(shard).map.get(&key).cloned();
         if let Some(a) = hit {
