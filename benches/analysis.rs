@@ -1,12 +1,13 @@
 //! Cost of classifying a typical OLTP query on the router's hot path: fingerprint alone, a
-//! parse-cache hit (the usual case), a full sqlparser analysis (a cache miss), and lifting
-//! its literals into parameters (pool.auto_prepare).
+//! parse-cache hit (the usual case), a full sqlparser analysis (a cache miss), lifting
+//! its literals into parameters (pool.auto_prepare), and both of the latter in one lexer pass
+//! (what routing does for a simple Query).
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgwarden::router::analysis::analyze;
-use pgwarden::router::fingerprint::fingerprint;
+use pgwarden::router::fingerprint::{fingerprint, fingerprint_and_lift};
 use pgwarden::router::parameterize::parameterize;
 use pgwarden::router::parse_cache::ParseCache;
 
@@ -47,6 +48,10 @@ fn bench_query(c: &mut Criterion, name: &str, make: fn(u32) -> String) {
 
     group.bench_function("parameterize", |b| {
         b.iter(|| parameterize(black_box(&fixed)))
+    });
+
+    group.bench_function("fingerprint_and_lift", |b| {
+        b.iter(|| fingerprint_and_lift(black_box(&fixed)))
     });
     group.finish();
 }

@@ -127,8 +127,8 @@ impl FpHasher {
         self.push(text, fold);
     }
 
-    /// Hashes the next token of `bytes`.
-    #[inline]
+    /// Hashes the next token of `bytes` (always inlined: it is called per token).
+    #[inline(always)]
     fn add(&mut self, bytes: &[u8], tok: Token) {
         let text = &bytes[tok.start..tok.end];
         match tok.kind {

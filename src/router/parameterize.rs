@@ -113,7 +113,8 @@ pub(crate) struct Lifter {
 
 impl Lifter {
     /// Takes the next token of `bytes`; false once the statement cannot be lifted.
-    #[inline]
+    // Always inlined: called per token, and a call each costs -N's in-block writes ~2%.
+    #[inline(always)]
     pub(crate) fn token(&mut self, bytes: &[u8], tok: Token) -> bool {
         if self.refused {
             return false;
