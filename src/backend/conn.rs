@@ -360,7 +360,7 @@ impl ServerConn {
         &mut self,
         wanted: &[(String, String)],
     ) -> Result<Vec<Frame>, BackendError> {
-        if self.applied == wanted {
+        if self.params_applied(wanted) {
             return Ok(Vec::new());
         }
         let mut sql = String::new();
