@@ -918,6 +918,18 @@ async fn cancel_in_session_mode() {
     cancel_round_trip(&start_mode("session").await).await;
 }
 
+/// Over a server's Unix socket the cancel takes the same way back (a new connection to
+/// that socket, not to a TCP port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_over_a_unix_socket() {
+    let env = common::start(Setup {
+        unix_sockets: true,
+        ..Default::default()
+    })
+    .await;
+    cancel_round_trip(&env).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 10. Errors and recovery
 // ---------------------------------------------------------------------------------------

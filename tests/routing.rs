@@ -536,3 +536,73 @@ print("ok")
         .get(0);
     assert_eq!(n, 120);
 }
+
+/// Nodes named by their socket directory are reached over Unix sockets, and the split is
+/// the same: reads (simple, and extended through a named statement) on the replicas,
+/// writes on the primary, and a read of one's own write sees it. (`inet_server_port()`
+/// is NULL over a Unix socket; the server's `port` setting tells the nodes apart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_by_socket_directory_split_as_over_tcp() {
+    let env = routing_env_with(Setup {
+        replicas: 2,
+        unix_sockets: true,
+        extra_yaml: "routing:\n  sticky_reads: false\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let c = env.connect().await;
+    let replicas = replica_ports(&env);
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let p = port_of(
+            &c,
+            "select current_setting('port')::int, count(*) from items",
+        )
+        .await;
+        assert!(replicas.contains(&p), "read ran on {p}, not a replica");
+        seen.insert(p);
+    }
+    assert_eq!(seen, replicas, "reads should use both replicas");
+    let stmt = c
+        .prepare("select current_setting('port')::int, v from items where id = $1")
+        .await
+        .unwrap();
+    for i in 1..=10 {
+        let row = c.query_one(&stmt, &[&i]).await.unwrap();
+        assert!(replicas.contains(&row.get::<_, i32>(0)));
+    }
+    let write = "insert into items values (100, 'x') returning current_setting('port')::int";
+    assert_eq!(port_of(&c, write).await, primary_port(&env));
+    let v: String = c
+        .query_one("select v from items where id = 100", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "x", "a read after the client's own write must see it");
+
+    // Every server connection the proxy holds for the app came in over a Unix socket
+    // (client_port -1 in pg_stat_activity), on each node.
+    let nodes = std::iter::once(&env.cluster.primary).chain(&env.cluster.replicas);
+    for node in nodes {
+        let (direct, conn) =
+            tokio_postgres::connect(&node.dsn("postgres", "", "app"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let row = direct
+            .query_one(
+                "select count(*), count(*) filter (where client_port <> -1) \
+                 from pg_stat_activity where usename = 'app'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (all, over_tcp): (i64, i64) = (row.get(0), row.get(1));
+        assert!(all > 0, "no app connection on node {}", node.port);
+        assert_eq!(
+            over_tcp, 0,
+            "app connections over TCP on node {}",
+            node.port
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! Reading and validating config.yaml; errors name the field path so an operator can fix them.
 
-use super::model::{Config, ResolvedUser, Role};
+use super::model::{Config, ResolvedUser, Role, ServerTlsMode};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,13 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             return Err(invalid(
                 &format!("nodes[{i}]"),
                 "name and host are required",
+            ));
+        }
+        if n.host.starts_with('/') && c.server_tls == ServerTlsMode::Require {
+            return Err(invalid(
+                &format!("nodes[{i}].host"),
+                "a Unix socket directory cannot be used with server_tls: require \
+                 (PostgreSQL offers no TLS on Unix sockets)",
             ));
         }
     }
@@ -232,6 +239,19 @@ mod tests {
         );
         let e = load_str(&format!("{BASE}pool: {{multiplex_slow_ms: 0}}\n")).unwrap_err();
         assert!(e.to_string().starts_with("pool.multiplex_slow_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_socket_directory_host_refuses_required_tls() {
+        let nodes = "nodes: [{name: p, host: /var/run/postgresql, role: primary}]\n";
+        let users = "users: [{name: app, password: app}]\n";
+        let c = load_str(&format!("{users}{nodes}")).unwrap();
+        assert_eq!(c.primary().host, "/var/run/postgresql");
+        let e = load_str(&format!("{users}{nodes}server_tls: require\n")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("nodes[0].host") && e.to_string().contains("TLS"),
+            "{e}"
+        );
     }
 
     #[test]

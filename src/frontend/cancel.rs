@@ -2,17 +2,16 @@
 //! connection running that client's query right now, or to the session itself while
 //! its read is on a shared lane or its request waits for a server connection.
 
+use crate::backend::ServerAddr;
 use crate::protocol::messages;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 #[derive(Clone, Debug)]
 pub enum CancelTarget {
     Server {
-        addr: SocketAddr,
+        addr: ServerAddr,
         pid: i32,
         secret: i32,
     },
@@ -71,11 +70,8 @@ impl CancelRegistry {
                 return;
             }
         };
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(mut s) => {
-                let _ = s.write_all(&messages::cancel_request(pid, secret)).await;
-                metrics::counter!("pgwarden_cancel_requests_total").increment(1);
-            }
+        match addr.send_once(&messages::cancel_request(pid, secret)).await {
+            Ok(()) => metrics::counter!("pgwarden_cancel_requests_total").increment(1),
             Err(e) => tracing::warn!(addr = %addr, error = %e, "cannot forward cancel request"),
         }
     }

@@ -302,7 +302,7 @@ impl Session {
     /// A cancel from the client goes to `server` from now on.
     pub(super) fn cancel_goes_to(&self, server: &Server) {
         *self.cancel.lock().expect("cancel slot lock") = Some(CancelTarget::Server {
-            addr: server.addr,
+            addr: server.addr.clone(),
             pid: server.pid,
             secret: server.secret,
         });

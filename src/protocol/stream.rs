@@ -1,15 +1,18 @@
-//! One byte stream type for client and server legs, plain TCP or TLS either way.
+//! One byte stream type for client and server legs: plain TCP or TLS either way, or a
+//! Unix-domain socket to a server on the same host.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 pub enum Stream {
     Plain(TcpStream),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A server's Unix-domain socket (never TLS: PostgreSQL offers none there).
+    Unix(UnixStream),
 }
 
 impl std::fmt::Debug for Stream {
@@ -24,7 +27,7 @@ impl std::fmt::Debug for Stream {
 
 impl Stream {
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
     }
 }
 
@@ -38,6 +41,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ClientTls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -52,6 +56,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ClientTls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -60,6 +65,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
             Stream::ClientTls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -68,6 +74,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ClientTls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

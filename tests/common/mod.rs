@@ -21,6 +21,8 @@ pub struct Setup {
     pub extra_yaml: String,
     /// Called on the parsed config before the proxy starts.
     pub tweak: fn(&mut Config),
+    /// The proxy reaches every server through its Unix socket instead of TCP.
+    pub unix_sockets: bool,
 }
 
 impl Default for Setup {
@@ -30,6 +32,7 @@ impl Default for Setup {
             pool_mode: "transaction",
             extra_yaml: String::new(),
             tweak: |_| {},
+            unix_sockets: false,
         }
     }
 }
@@ -58,6 +61,11 @@ pub async fn start(setup: Setup) -> Env {
     .expect("cluster starts");
     let yaml = proxy_config_yaml(&cluster, free_port(), None, setup.pool_mode) + &setup.extra_yaml;
     let mut cfg = config::load_str(&yaml).expect("test config is valid");
+    if setup.unix_sockets {
+        for node in &mut cfg.nodes {
+            node.host = cluster.dir().display().to_string();
+        }
+    }
     (setup.tweak)(&mut cfg);
     let proxy = Proxy::start(cfg, None).await.expect("proxy starts");
     Env { proxy, cluster }
