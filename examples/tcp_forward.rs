@@ -2,13 +2,15 @@
 //! bytes are copied both ways. The pgbench comparison runs it as the floor any TCP proxy
 //! pays on the machine (two more loopback hops), whatever it does with the messages.
 //!
-//! Usage: tcp_forward LISTEN_PORT TARGET_ADDR [WORKER_THREADS]
+//! Usage: tcp_forward LISTEN_PORT TARGET [WORKER_THREADS]
+//! TARGET is host:port, or the path of a server's Unix socket (starting with `/`).
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = || std::io::Error::other("usage: tcp_forward LISTEN_PORT TARGET_ADDR [THREADS]");
+    let usage = || std::io::Error::other("usage: tcp_forward LISTEN_PORT TARGET [THREADS]");
     let port: u16 = args.next().and_then(|p| p.parse().ok()).ok_or_else(usage)?;
     let target = args.next().ok_or_else(usage)?;
     // One thread by default, as pgwarden picks on a machine with two cores.
@@ -34,9 +36,14 @@ async fn serve(port: u16, target: String) -> std::io::Result<()> {
 }
 
 async fn forward(mut client: TcpStream, target: &str) -> std::io::Result<()> {
-    let mut server = TcpStream::connect(target).await?;
     client.set_nodelay(true)?;
-    server.set_nodelay(true)?;
-    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+    if target.starts_with('/') {
+        let mut server = UnixStream::connect(target).await?;
+        copy_bidirectional(&mut client, &mut server).await?;
+    } else {
+        let mut server = TcpStream::connect(target).await?;
+        server.set_nodelay(true)?;
+        copy_bidirectional(&mut client, &mut server).await?;
+    }
     Ok(())
 }

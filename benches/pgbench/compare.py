@@ -143,6 +143,9 @@ def parse_args():
     ap.add_argument("--paths", help="comma-separated path names: "
                     + ",".join(p.name for p in PATHS) + " (default), "
                     + ",".join(p.name for p in EXTRA_PATHS))
+    ap.add_argument("--server-socket", choices=("tcp", "unix"), default="tcp",
+                    help="how the poolers reach PostgreSQL: loopback TCP (default), or each "
+                         "node's Unix socket, as a pooler on the database host would")
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale")
     ap.add_argument("--threads", type=int, default=2,
                     help="pgbench -j cap (-j = min(clients, cap))")
@@ -395,11 +398,16 @@ def report(a, results, rss_under_load, memory, versions) -> str:
            f"{os.cpu_count()} CPUs shared by PostgreSQL x3, the poolers and pgbench.", "",
            "pgwarden splits reads: -S and hot-set go to the two replicas (pool per node); "
            "'direct' and PgBouncer use the primary only. p99 is computed from pgbench's "
-           "per-transaction log; -T includes the clients' logins (TPS does not).", ""]
+           "per-transaction log; -T includes the clients' logins (TPS does not).", "",
+           "pgbench reaches every path over loopback TCP; the poolers reach PostgreSQL over "
+           + ("each node's Unix socket (--server-socket unix)." if a.server_socket == "unix"
+              else "loopback TCP."), ""]
     if any(p.kind == "forward" for p in a.paths):
+        hops = ("a loopback TCP hop and a Unix-socket hop" if a.server_socket == "unix"
+                else "two more loopback TCP hops")
         out += ["tcp-forward copies bytes between each client and a primary connection of "
                 "its own and does nothing else (examples/tcp_forward.rs, one thread): what "
-                "two more loopback TCP hops cost on this machine, the least a proxy pays "
+                f"{hops} cost on this machine, the least a proxy pays "
                 "that relays each message once on its own server connection.",
                 ""]
     names = [p.name for p in a.paths]
@@ -508,7 +516,8 @@ def main():
             raise RuntimeError(f"pgbench -i failed:\n{init.stderr}")
         sandbox.wait_replicas_caught_up()
         poolers = Poolers(children, sandbox, a.pgwarden, a.forwarder, workdir,
-                          max_clients=max(a.idle_clients, max(a.clients)) + 100)
+                          max_clients=max(a.idle_clients, max(a.clients)) + 100,
+                          server_socket=a.server_socket)
         results, rss_under_load = benchmark(a, poolers, workdir)
         poolers.stop_all()
         memory = measure_idle(a, poolers) if a.idle_clients > 0 else []

@@ -146,6 +146,10 @@ class Sandbox:
                              check=True, capture_output=True, text=True)
         return out.stdout.strip()
 
+    def socket_dir(self) -> str:
+        """The directory holding every node's Unix socket (the nodes share it)."""
+        return self.psql(self.primary, "SHOW unix_socket_directories").split(",")[0].strip()
+
     def postmasters(self) -> list[int]:
         """The pid of each server's postmaster (first line of its postmaster.pid)."""
         pids = []
@@ -170,8 +174,11 @@ class Poolers:
     first use."""
 
     def __init__(self, children: Children, sandbox: Sandbox, pgwarden: str, forwarder: str,
-                 workdir: str, max_clients: int):
+                 workdir: str, max_clients: int, server_socket: str = "tcp"):
         self.children, self.sandbox, self.pgwarden = children, sandbox, pgwarden
+        # "unix": every pooler reaches PostgreSQL through its Unix socket, as one on the
+        # database's host would; "tcp": over loopback TCP, as one on another host would.
+        self.socket_dir = sandbox.socket_dir() if server_socket == "unix" else None
         self.forwarder = forwarder
         self.workdir, self.max_clients = workdir, max_clients
         self.running: dict[tuple[str, int], tuple[Endpoint, subprocess.Popen]] = {}
@@ -197,7 +204,9 @@ class Poolers:
             as_pg = {"user": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
             proc = self.children.start(tag, argv, log, **as_pg)
         elif path.kind == "forward":
-            argv = [self.forwarder, str(port), f"127.0.0.1:{self.sandbox.primary}"]
+            target = (f"{self.socket_dir}/.s.PGSQL.{self.sandbox.primary}" if self.socket_dir
+                      else f"127.0.0.1:{self.sandbox.primary}")
+            argv = [self.forwarder, str(port), target]
             proc = self.children.start(tag, argv, log)
         else:
             raise ValueError(f"unknown path kind {path.kind!r}")
@@ -213,9 +222,9 @@ class Poolers:
         self.running.clear()
 
     def _pgwarden_config(self, path, pool_size: int, port: int, tag: str) -> str:
-        sb = self.sandbox
-        nodes = [{"name": "primary", "host": "127.0.0.1", "port": sb.primary, "role": "primary"}]
-        nodes += [{"name": f"replica{i}", "host": "127.0.0.1", "port": p, "role": "replica"}
+        sb, host = self.sandbox, self.socket_dir or "127.0.0.1"
+        nodes = [{"name": "primary", "host": host, "port": sb.primary, "role": "primary"}]
+        nodes += [{"name": f"replica{i}", "host": host, "port": p, "role": "replica"}
                   for i, p in enumerate(sb.replicas, 1)]
         config = {
             "listen": f"127.0.0.1:{port}",
@@ -247,7 +256,7 @@ class Poolers:
         ini = os.path.join(d, "pgbouncer.ini")
         with open(ini, "w") as out:
             out.write(f"""[databases]
-{APP_DB} = host=127.0.0.1 port={self.sandbox.primary} dbname={APP_DB}
+{APP_DB} = host={self.socket_dir or "127.0.0.1"} port={self.sandbox.primary} dbname={APP_DB}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
