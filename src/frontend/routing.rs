@@ -48,6 +48,19 @@ fn node_unavailable(e: &BackendError) -> bool {
     }
 }
 
+/// The node's failure, when a checkout failed because of the node: opening a connection,
+/// or bringing a pooled one to the client's parameters (its SET meets a connection the
+/// server dropped after the pool's idle check). The request has not been sent, so
+/// another node may take it. None for the client's own error (a bad parameter value).
+fn node_failure(e: &CheckoutError) -> Option<&BackendError> {
+    match e {
+        CheckoutError::Pool(PoolError::Backend(e)) | CheckoutError::Params(e) => {
+            node_unavailable(e).then_some(e)
+        }
+        _ => None,
+    }
+}
+
 /// The statements of one request: nearly always one, which then needs no heap.
 #[derive(Default)]
 struct Analyses {
@@ -412,12 +425,14 @@ impl Session {
                             });
                             return Ok((s, node));
                         }
-                        Err(CheckoutError::Pool(PoolError::Backend(e))) if node_unavailable(&e) => {
-                            node.ban(topo.now_ms(), cfg.health.ban_ms, &e.to_string());
-                            tried.push(node.name.clone());
-                            continue;
-                        }
-                        Err(e) => return Err(e),
+                        Err(e) => match node_failure(&e) {
+                            Some(down) => {
+                                node.ban(topo.now_ms(), cfg.health.ban_ms, &down.to_string());
+                                tried.push(node.name.clone());
+                                continue;
+                            }
+                            None => return Err(e),
+                        },
                     }
                 }
                 let now = Instant::now();
@@ -603,6 +618,23 @@ pub(super) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::contains_ci;
+
+    #[test]
+    fn a_failed_set_on_a_dropped_connection_is_the_nodes_failure() {
+        use super::{node_failure, BackendError, CheckoutError, PoolError};
+        let eof = || BackendError::Io(std::io::ErrorKind::UnexpectedEof.into());
+        let server = |code: &str| BackendError::Server {
+            code: code.into(),
+            message: String::new(),
+            raw: Default::default(),
+        };
+        assert!(node_failure(&CheckoutError::Params(eof())).is_some());
+        assert!(node_failure(&CheckoutError::Params(server("57P01"))).is_some());
+        assert!(node_failure(&CheckoutError::Pool(PoolError::Backend(eof()))).is_some());
+        // The client's own bad value for a parameter is its error, on any node.
+        assert!(node_failure(&CheckoutError::Params(server("22023"))).is_none());
+        assert!(node_failure(&CheckoutError::Canceled).is_none());
+    }
 
     #[test]
     fn contains_ci_matches_any_case_and_nothing_else() {
