@@ -1,6 +1,7 @@
 //! Where a server listens: a TCP address, or a Unix-domain socket when the configured host
 //! is a directory (a host starting with `/`, as libpq reads `host=/var/run/postgresql`).
 
+use crate::config::is_socket_dir;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -11,8 +12,7 @@ use tokio::io::AsyncWriteExt;
 /// The socket PostgreSQL listens on for `port` in directory `host`, when `host` names a
 /// directory rather than a network host.
 pub fn unix_socket_path(host: &str, port: u16) -> Option<PathBuf> {
-    host.starts_with('/')
-        .then(|| Path::new(host).join(format!(".s.PGSQL.{port}")))
+    is_socket_dir(host).then(|| Path::new(host).join(format!(".s.PGSQL.{port}")))
 }
 
 /// A connected server's address, kept to send it cancel requests.

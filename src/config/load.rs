@@ -1,6 +1,6 @@
 //! Reading and validating config.yaml; errors name the field path so an operator can fix them.
 
-use super::model::{Config, ResolvedUser, Role, ServerTlsMode};
+use super::model::{is_socket_dir, Config, ResolvedUser, Role, ServerTlsMode};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
                 "name and host are required",
             ));
         }
-        if n.host.starts_with('/') && c.server_tls == ServerTlsMode::Require {
+        if is_socket_dir(&n.host) && c.server_tls == ServerTlsMode::Require {
             return Err(invalid(
                 &format!("nodes[{i}].host"),
                 "a Unix socket directory cannot be used with server_tls: require \

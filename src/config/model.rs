@@ -387,6 +387,12 @@ pub struct Node {
     pub aurora_id: Option<String>,
 }
 
+/// Whether a node's `host` names the directory of a server's Unix socket (a path, as
+/// libpq reads `host=/var/run/postgresql`) rather than a network host.
+pub fn is_socket_dir(host: &str) -> bool {
+    host.starts_with('/')
+}
+
 fn default_weight() -> u32 {
     1
 }
