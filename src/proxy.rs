@@ -60,6 +60,9 @@ impl Proxy {
         config: Config,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> anyhow::Result<Proxy> {
+        for notice in config.notices() {
+            tracing::warn!("config: {notice}");
+        }
         let users = config
             .resolved_users()?
             .into_iter()

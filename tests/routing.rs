@@ -438,7 +438,7 @@ async fn pinning_cases_keep_their_session_state() {
 async fn a_replica_stopped_mid_run_costs_readers_nothing() {
     let env = start(Setup {
         replicas: 2,
-        extra_yaml: "health:\n  interval_ms: 200\n  timeout_ms: 500\n  ban_ms: 1000\n".into(),
+        extra_yaml: "health:\n  timeout_ms: 500\n  ban_ms: 1000\n".into(),
         ..Default::default()
     })
     .await;
@@ -607,7 +607,6 @@ async fn a_replica_stopped_while_its_connection_idles_costs_the_next_read_nothin
         // the stopped replica before the read reaches its dead connection.
         tweak: |cfg| {
             cfg.pool.multiplex_reads = pgwarden::config::MultiplexReads::Off;
-            cfg.health.interval_ms = 600_000;
             cfg.consistency.lag_interval_ms = 600_000;
         },
         ..Default::default()

@@ -13,6 +13,9 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
         c.pool.mode,
         c.listen
     );
+    for notice in c.notices() {
+        println!("warning: {notice}");
+    }
     Ok(())
 }
 

@@ -96,11 +96,8 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     if c.consistency.lag_interval_ms == 0 {
         return Err(invalid("consistency.lag_interval_ms", "must be at least 1"));
     }
-    if c.health.interval_ms == 0 || c.health.timeout_ms == 0 {
-        return Err(invalid(
-            "health",
-            "interval_ms and timeout_ms must be at least 1",
-        ));
+    if c.health.timeout_ms == 0 {
+        return Err(invalid("health.timeout_ms", "must be at least 1"));
     }
     if c.users.is_empty() {
         return Err(invalid("users", "at least one user is required"));
@@ -185,6 +182,20 @@ impl Config {
         })
     }
 
+    /// Settings that loaded but do nothing, each with what to use instead: shown by
+    /// `check-config` and logged at start, so an operator is not misled by them.
+    pub fn notices(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(ms) = self.health.interval_ms {
+            out.push(format!(
+                "health.interval_ms ({ms}) has no effect: every node is checked with each lag \
+                 sample, every consistency.lag_interval_ms ({} ms); remove it, or set that",
+                self.consistency.lag_interval_ms
+            ));
+        }
+        out
+    }
+
     pub fn primary(&self) -> &super::Node {
         self.nodes
             .iter()
@@ -206,6 +217,18 @@ mod tests {
         assert_eq!(c.pool.size, 20);
         assert_eq!(c.listen.port(), 6432);
         assert_eq!(c.primary().name, "p");
+    }
+
+    #[test]
+    fn a_setting_that_does_nothing_loads_with_a_notice() {
+        assert!(load_str(BASE).unwrap().notices().is_empty());
+        let c = load_str(&format!("{BASE}health: {{interval_ms: 200}}\n")).unwrap();
+        let notices = c.notices();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].starts_with("health.interval_ms (200) has no effect"));
+        assert!(notices[0].contains("consistency.lag_interval_ms (100 ms)"));
+        let e = load_str(&format!("{BASE}health: {{timeout_ms: 0}}\n")).unwrap_err();
+        assert!(e.to_string().starts_with("health.timeout_ms"), "{e}");
     }
 
     #[test]

@@ -252,8 +252,9 @@ impl Default for RoutingConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
-    /// How often each replica is checked.
-    pub interval_ms: u64,
+    /// Ignored, kept so configs that set it still load: nodes are checked with every
+    /// lag sample, each `consistency.lag_interval_ms` (see `Config::notices`).
+    pub interval_ms: Option<u64>,
     /// A check that takes longer than this fails.
     pub timeout_ms: u64,
     /// How long a replica that failed stays out of the read set (a passing check
@@ -264,7 +265,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
-            interval_ms: 1_000,
+            interval_ms: None,
             timeout_ms: 1_000,
             ban_ms: 10_000,
         }
