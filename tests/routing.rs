@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{start, wait_for, Env, Setup};
+use common::cutter::Cutter;
+use common::{start, start_with, wait_for, Env, Setup};
+use pgwarden::config::{Config, Role};
+use pgwarden::sandbox::PgCluster;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -60,7 +63,11 @@ async fn routing_env() -> Env {
 }
 
 async fn routing_env_with(setup: Setup) -> Env {
-    let env = start(setup).await;
+    routing_env_edited(setup, |_, _| {}).await
+}
+
+async fn routing_env_edited(setup: Setup, edit: impl FnOnce(&mut Config, &PgCluster)) -> Env {
+    let env = start_with(setup, edit).await;
     let direct = env.direct().await;
     direct
         .batch_execute(
@@ -596,9 +603,8 @@ async fn nodes_by_socket_directory_split_as_over_tcp() {
 /// A replica stops while its connection idles in the pool, before any health check or
 /// lag sample notices: the next read, from a client whose parameters need a SET on that
 /// connection, goes to the primary instead of failing. (The pool finds this connection
-/// dead at checkout; a server that drops it just after, while the SET is on its way, is
-/// the race `a_replica_stopped_mid_run_costs_readers_nothing` meets now and then, and
-/// `node_failure` covers.)
+/// dead at checkout; for a connection dropped just after, as the SET goes out, see
+/// `a_replica_connection_dropped_as_its_set_goes_out_keeps_the_read_on_the_replica`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopped_while_its_connection_idles_costs_the_next_read_nothing() {
     let env = routing_env_with(Setup {
@@ -629,4 +635,96 @@ async fn a_replica_stopped_while_its_connection_idles_costs_the_next_read_nothin
         port_of(&b, "select inet_server_port(), count(*) from items").await,
         primary_port(&env)
     );
+}
+
+/// Starts the routing environment with `node`'s connections from the proxy (pools and
+/// monitor) going through a `Cutter`, and lag samples effectively off, so nothing but
+/// the client's request sends on them while the test arranges the cut.
+async fn env_with_cutter(replicas: usize, node: Role) -> (Env, Cutter) {
+    let mut cutter = None;
+    let env = routing_env_edited(
+        Setup {
+            replicas,
+            // The pooled path (no lanes).
+            tweak: |cfg| {
+                cfg.pool.multiplex_reads = pgwarden::config::MultiplexReads::Off;
+                cfg.consistency.lag_interval_ms = 600_000;
+            },
+            ..Default::default()
+        },
+        |cfg, cluster| {
+            let target = match node {
+                Role::Primary => &cluster.primary,
+                Role::Replica => &cluster.replicas[0],
+            };
+            let c = Cutter::start(target.port);
+            let n = cfg.nodes.iter_mut().find(|n| n.role == node).unwrap();
+            n.port = c.port;
+            cutter = Some(c);
+        },
+    )
+    .await;
+    (env, cutter.unwrap())
+}
+
+/// A client whose startup parameters differ from those the pooled connection was last
+/// used with, so its request first needs a SET there.
+async fn connect_with_other_params(env: &Env) -> tokio_postgres::Client {
+    let dsn = env.dsn("app", "app", "app") + "&application_name=other";
+    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// The primary drops a pooled connection after the pool's idle check passed it, just as
+/// the SET bringing it to the next client's parameters goes out. The primary has no
+/// other node to send the write to: it runs on another connection, and the client never
+/// hears of the drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_connection_dropped_as_its_set_goes_out_costs_the_write_nothing() {
+    let (env, cutter) = env_with_cutter(0, Role::Primary).await;
+    let a = env.connect().await;
+    // A read (no commit position to capture in the background): one pooled connection,
+    // at a's parameters.
+    assert_eq!(
+        port_of(&a, "select inet_server_port(), count(*) from items").await,
+        primary_port(&env)
+    );
+    cutter.cut_open_connections_on_next_send();
+    let b = connect_with_other_params(&env).await;
+    b.simple_query("insert into items values (101, 'b')")
+        .await
+        .expect("the write runs on another connection");
+    assert!(cutter.cut() >= 1, "the pooled connection was not cut");
+    let v: String = env
+        .direct()
+        .await
+        .query_one("select v from items where id = 101", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "b");
+    let name = b.query_one("show application_name", &[]).await.unwrap();
+    assert_eq!(name.get::<_, String>(0), "other");
+}
+
+/// The same drop on a replica: the read stays on the replica, on another connection,
+/// rather than the replica being banned and the read sent to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_connection_dropped_as_its_set_goes_out_keeps_the_read_on_the_replica() {
+    let (env, cutter) = env_with_cutter(1, Role::Replica).await;
+    let replica = env.cluster.replicas[0].port as i32;
+    let a = env.connect().await;
+    let sql = "select inet_server_port(), count(*) from items";
+    assert_eq!(port_of(&a, sql).await, replica);
+    cutter.cut_open_connections_on_next_send();
+    let b = connect_with_other_params(&env).await;
+    assert_eq!(port_of(&b, sql).await, replica);
+    assert!(cutter.cut() >= 1, "the pooled connection was not cut");
+    // Not banned: later reads stay there too.
+    for _ in 0..5 {
+        assert_eq!(port_of(&a, sql).await, replica);
+    }
 }

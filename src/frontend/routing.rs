@@ -49,9 +49,10 @@ fn node_unavailable(e: &BackendError) -> bool {
 }
 
 /// The node's failure, when a checkout failed because of the node: opening a connection,
-/// or bringing a pooled one to the client's parameters (its SET meets a connection the
-/// server dropped after the pool's idle check). The request has not been sent, so
-/// another node may take it. None for the client's own error (a bad parameter value).
+/// or bringing one to the client's parameters (its SET meets a connection the server
+/// dropped, and so did the one taken instead: see checkout_unwatched). The request has
+/// not been sent, so another node may take it. None for the client's own error (a bad
+/// parameter value).
 fn node_failure(e: &CheckoutError) -> Option<&BackendError> {
     match e {
         CheckoutError::Pool(PoolError::Backend(e)) | CheckoutError::Params(e) => {

@@ -281,22 +281,34 @@ impl Session {
             wait: Some(Duration::ZERO),
             ..pool.timeouts()
         };
-        let mut server = match pool.timeout_get(&now).await {
-            Err(PoolError::Timeout(TimeoutType::Wait)) => {
-                Box::pin(self.wait_for_server(pool)).await?
+        let mut retried = false;
+        loop {
+            let mut server = match pool.timeout_get(&now).await {
+                Err(PoolError::Timeout(TimeoutType::Wait)) => {
+                    Box::pin(self.wait_for_server(pool)).await?
+                }
+                got => got.map_err(CheckoutError::Pool)?,
+            };
+            if server.params_applied(&self.params) {
+                return Ok(server);
             }
-            got => got.map_err(CheckoutError::Pool)?,
-        };
-        if server.params_applied(&self.params) {
-            return Ok(server);
-        }
-        if let Err(e) = Box::pin(server.apply_params(&self.params)).await {
-            if server.broken {
-                let _ = Object::take(server);
+            let Err(e) = Box::pin(server.apply_params(&self.params)).await else {
+                return Ok(server);
+            };
+            if !server.broken {
+                return Err(CheckoutError::Params(e));
             }
-            return Err(CheckoutError::Params(e));
+            // A pooled connection the server dropped after the pool's idle check (a
+            // terminated backend, a restart): nothing of the client's ran, and the node
+            // may be fine, so one more connection is tried before the node is judged.
+            let pooled = Object::metrics(&server).recycle_count > 0;
+            let _ = Object::take(server);
+            if retried || !pooled {
+                return Err(CheckoutError::Params(e));
+            }
+            tracing::debug!(error = %e, "pooled server connection dropped; taking another");
+            retried = true;
         }
-        Ok(server)
     }
 
     /// A cancel from the client goes to `server` from now on.

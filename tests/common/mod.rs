@@ -2,6 +2,8 @@
 //! it, on ports of their own, torn down when the test ends (also on panic).
 #![allow(dead_code)]
 
+pub mod cutter;
+
 use pgwarden::config::{self, Config};
 use pgwarden::sandbox::{free_port, proxy_config_yaml, ClusterOptions, PgCluster};
 use pgwarden::Proxy;
@@ -48,6 +50,12 @@ pub fn init_logs() {
 }
 
 pub async fn start(setup: Setup) -> Env {
+    start_with(setup, |_, _| {}).await
+}
+
+/// `start`, with `edit` given the config (after `Setup::tweak`) and the cluster, e.g. to
+/// put a node behind a `Cutter`.
+pub async fn start_with(setup: Setup, edit: impl FnOnce(&mut Config, &PgCluster)) -> Env {
     init_logs();
     let replicas = setup.replicas;
     let cluster = tokio::task::spawn_blocking(move || {
@@ -67,6 +75,7 @@ pub async fn start(setup: Setup) -> Env {
         }
     }
     (setup.tweak)(&mut cfg);
+    edit(&mut cfg, &cluster);
     let proxy = Proxy::start(cfg, None).await.expect("proxy starts");
     Env { proxy, cluster }
 }
