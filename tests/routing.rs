@@ -625,12 +625,7 @@ async fn a_replica_stopped_while_its_connection_idles_costs_the_next_read_nothin
         replica.port as i32
     );
     tokio::task::block_in_place(|| replica.stop());
-    // Other startup parameters than a's: its read needs a SET on the pooled connection.
-    let dsn = env.dsn("app", "app", "app") + "&application_name=other";
-    let (b, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let b = connect_with_other_params(&env).await;
     assert_eq!(
         port_of(&b, "select inet_server_port(), count(*) from items").await,
         primary_port(&env)
