@@ -723,3 +723,16 @@ async fn a_replica_connection_dropped_as_its_set_goes_out_keeps_the_read_on_the_
         assert_eq!(port_of(&a, sql).await, replica);
     }
 }
+
+/// A replica connection dropped as the read itself goes out (no SET first), before any
+/// reply: the read is answered by another node, and the client sees no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_replica_connection_drops_as_it_goes_out_is_answered_elsewhere() {
+    let (env, cutter) = env_with_cutter(1, Role::Replica).await;
+    let a = env.connect().await;
+    let sql = "select inet_server_port(), count(*) from items";
+    assert_eq!(port_of(&a, sql).await, env.cluster.replicas[0].port as i32);
+    cutter.cut_open_connections_on_next_send();
+    assert_eq!(port_of(&a, sql).await, primary_port(&env));
+    assert!(cutter.cut() >= 1, "the pooled connection was not cut");
+}
