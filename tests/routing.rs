@@ -5,7 +5,7 @@ mod common;
 
 use common::cutter::Cutter;
 use common::{start, start_with, wait_for, Env, Setup};
-use pgwarden::config::{Config, Role};
+use pgwarden::config::{Config, MultiplexReads, Role};
 use pgwarden::sandbox::PgCluster;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -612,7 +612,7 @@ async fn a_replica_stopped_while_its_connection_idles_costs_the_next_read_nothin
         // The pooled path (no lanes), and no health check or lag sample that would ban
         // the stopped replica before the read reaches its dead connection.
         tweak: |cfg| {
-            cfg.pool.multiplex_reads = pgwarden::config::MultiplexReads::Off;
+            cfg.pool.multiplex_reads = MultiplexReads::Off;
             cfg.consistency.lag_interval_ms = 600_000;
         },
         ..Default::default()
@@ -636,18 +636,24 @@ async fn a_replica_stopped_while_its_connection_idles_costs_the_next_read_nothin
 /// monitor) going through a `Cutter`, and lag samples effectively off, so nothing but
 /// the client's request sends on them while the test arranges the cut.
 async fn env_with_cutter(replicas: usize, node: Role) -> (Env, Cutter) {
+    // The pooled path (no lanes).
+    env_with_cutter_and(replicas, node, MultiplexReads::Off).await
+}
+
+async fn env_with_cutter_and(
+    replicas: usize,
+    node: Role,
+    multiplex: MultiplexReads,
+) -> (Env, Cutter) {
     let mut cutter = None;
     let env = routing_env_edited(
         Setup {
             replicas,
-            // The pooled path (no lanes).
-            tweak: |cfg| {
-                cfg.pool.multiplex_reads = pgwarden::config::MultiplexReads::Off;
-                cfg.consistency.lag_interval_ms = 600_000;
-            },
+            tweak: |cfg| cfg.consistency.lag_interval_ms = 600_000,
             ..Default::default()
         },
         |cfg, cluster| {
+            cfg.pool.multiplex_reads = multiplex;
             let target = match node {
                 Role::Primary => &cluster.primary,
                 Role::Replica => &cluster.replicas[0],
@@ -735,4 +741,47 @@ async fn a_read_whose_replica_connection_drops_as_it_goes_out_is_answered_elsewh
     cutter.cut_open_connections_on_next_send();
     assert_eq!(port_of(&a, sql).await, primary_port(&env));
     assert!(cutter.cut() >= 1, "the pooled connection was not cut");
+}
+
+/// The same on a shared read lane: the lane's connection is cut as it writes a read, and
+/// the read is answered without an error (the lane hands it back to the usual path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_lane_connection_drops_as_it_goes_out_is_answered_elsewhere() {
+    let (env, cutter) = env_with_cutter_and(1, Role::Replica, MultiplexReads::Always).await;
+    // Lanes take only replicas whose lag is known: the monitor's first sample.
+    let topology = env.proxy.shared.topology.clone();
+    wait_for(
+        "a lag sample of the replica",
+        Duration::from_secs(10),
+        || {
+            let known = topology
+                .load()
+                .nodes
+                .iter()
+                .any(|n| n.role == Role::Replica && n.runtime.lag().is_some());
+            async move { known.then_some(()) }
+        },
+    )
+    .await;
+    let a = env.connect().await;
+    // A lane takes a plain read with a literal to lift (a function call such as
+    // inet_server_port() keeps a read off lanes, so the answer's node is not asked).
+    let read = || async {
+        let row = a
+            .query_one("select v from items where id = 3", &[])
+            .await
+            .expect("the read is answered");
+        row.get::<_, String>(0)
+    };
+    assert_eq!(read().await, "v3");
+    let lanes = &env.proxy.shared.lanes;
+    assert_eq!(lanes.served(), 1, "the first read did not take a lane");
+    cutter.cut_open_connections_on_next_send();
+    assert_eq!(read().await, "v3");
+    assert!(cutter.cut() >= 1, "the lane's connection was not cut");
+    // Later reads take a lane again, on a connection of its own.
+    for _ in 0..3 {
+        assert_eq!(read().await, "v3");
+    }
+    assert!(lanes.served() >= 2, "no read took a lane after the cut");
 }
