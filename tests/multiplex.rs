@@ -42,20 +42,7 @@ async fn start_with(tweak: fn(&mut Config)) -> Env {
     let cluster = &env.cluster;
     tokio::task::block_in_place(|| cluster.wait_replicas_caught_up(Duration::from_secs(30)))
         .unwrap();
-    // Lanes take only replicas whose lag is known: wait for the monitor's first sample.
-    let topology = env.proxy.shared.topology.clone();
-    common::wait_for(
-        "a lag sample of the replica",
-        Duration::from_secs(10),
-        || {
-            let known =
-                topology.load().nodes.iter().any(|n| {
-                    n.role == pgwarden::config::Role::Replica && n.runtime.lag().is_some()
-                });
-            async move { known.then_some(()) }
-        },
-    )
-    .await;
+    common::wait_for_a_replica_lag_sample(&env).await;
     env
 }
 

@@ -748,21 +748,7 @@ async fn a_read_whose_replica_connection_drops_as_it_goes_out_is_answered_elsewh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_lane_connection_drops_as_it_goes_out_is_answered_elsewhere() {
     let (env, cutter) = env_with_cutter_and(1, Role::Replica, MultiplexReads::Always).await;
-    // Lanes take only replicas whose lag is known: the monitor's first sample.
-    let topology = env.proxy.shared.topology.clone();
-    wait_for(
-        "a lag sample of the replica",
-        Duration::from_secs(10),
-        || {
-            let known = topology
-                .load()
-                .nodes
-                .iter()
-                .any(|n| n.role == Role::Replica && n.runtime.lag().is_some());
-            async move { known.then_some(()) }
-        },
-    )
-    .await;
+    common::wait_for_a_replica_lag_sample(&env).await;
     let a = env.connect().await;
     // A lane takes a plain read with a literal to lift (a function call such as
     // inet_server_port() keeps a read off lanes, so the answer's node is not asked).

@@ -126,6 +126,24 @@ impl Env {
     }
 }
 
+/// Waits for the monitor's first lag sample of a replica: lanes take only replicas whose
+/// lag is known.
+pub async fn wait_for_a_replica_lag_sample(env: &Env) {
+    let topology = env.proxy.shared.topology.clone();
+    wait_for(
+        "a lag sample of the replica",
+        Duration::from_secs(10),
+        || {
+            let known =
+                topology.load().nodes.iter().any(|n| {
+                    n.role == pgwarden::config::Role::Replica && n.runtime.lag().is_some()
+                });
+            async move { known.then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// Polls `check` until it returns Some or the deadline passes.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
