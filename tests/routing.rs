@@ -634,17 +634,9 @@ async fn a_replica_stopped_while_its_connection_idles_costs_the_next_read_nothin
 
 /// Starts the routing environment with `node`'s connections from the proxy (pools and
 /// monitor) going through a `Cutter`, and lag samples effectively off, so nothing but
-/// the client's request sends on them while the test arranges the cut.
-async fn env_with_cutter(replicas: usize, node: Role) -> (Env, Cutter) {
-    // The pooled path (no lanes).
-    env_with_cutter_and(replicas, node, MultiplexReads::Off).await
-}
-
-async fn env_with_cutter_and(
-    replicas: usize,
-    node: Role,
-    multiplex: MultiplexReads,
-) -> (Env, Cutter) {
+/// the client's request sends on them while the test arranges the cut. `multiplex`: Off
+/// for the pooled path, Always for shared read lanes.
+async fn env_with_cutter(replicas: usize, node: Role, multiplex: MultiplexReads) -> (Env, Cutter) {
     let mut cutter = None;
     let env = routing_env_edited(
         Setup {
@@ -685,7 +677,7 @@ async fn connect_with_other_params(env: &Env) -> tokio_postgres::Client {
 /// hears of the drop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_connection_dropped_as_its_set_goes_out_costs_the_write_nothing() {
-    let (env, cutter) = env_with_cutter(0, Role::Primary).await;
+    let (env, cutter) = env_with_cutter(0, Role::Primary, MultiplexReads::Off).await;
     let a = env.connect().await;
     // A read (no commit position to capture in the background): one pooled connection,
     // at a's parameters.
@@ -715,7 +707,7 @@ async fn a_primary_connection_dropped_as_its_set_goes_out_costs_the_write_nothin
 /// rather than the replica being banned and the read sent to the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_connection_dropped_as_its_set_goes_out_keeps_the_read_on_the_replica() {
-    let (env, cutter) = env_with_cutter(1, Role::Replica).await;
+    let (env, cutter) = env_with_cutter(1, Role::Replica, MultiplexReads::Off).await;
     let replica = env.cluster.replicas[0].port as i32;
     let a = env.connect().await;
     let sql = "select inet_server_port(), count(*) from items";
@@ -734,7 +726,7 @@ async fn a_replica_connection_dropped_as_its_set_goes_out_keeps_the_read_on_the_
 /// reply: the read is answered by another node, and the client sees no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_replica_connection_drops_as_it_goes_out_is_answered_elsewhere() {
-    let (env, cutter) = env_with_cutter(1, Role::Replica).await;
+    let (env, cutter) = env_with_cutter(1, Role::Replica, MultiplexReads::Off).await;
     let a = env.connect().await;
     let sql = "select inet_server_port(), count(*) from items";
     assert_eq!(port_of(&a, sql).await, env.cluster.replicas[0].port as i32);
@@ -747,7 +739,7 @@ async fn a_read_whose_replica_connection_drops_as_it_goes_out_is_answered_elsewh
 /// the read is answered without an error (the lane hands it back to the usual path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_lane_connection_drops_as_it_goes_out_is_answered_elsewhere() {
-    let (env, cutter) = env_with_cutter_and(1, Role::Replica, MultiplexReads::Always).await;
+    let (env, cutter) = env_with_cutter(1, Role::Replica, MultiplexReads::Always).await;
     common::wait_for_a_replica_lag_sample(&env).await;
     let a = env.connect().await;
     // A lane takes a plain read with a literal to lift (a function call such as

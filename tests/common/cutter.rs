@@ -55,10 +55,6 @@ impl Cutter {
         self.state.doomed_up_to.store(opened, Ordering::SeqCst);
     }
 
-    pub fn opened(&self) -> u64 {
-        self.state.opened.load(Ordering::SeqCst)
-    }
-
     pub fn cut(&self) -> u64 {
         self.state.cut.load(Ordering::SeqCst)
     }
