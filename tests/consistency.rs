@@ -244,6 +244,41 @@ async fn a_commit_after_rollback_to_savepoint_is_read_back() {
     resume_all(&env);
 }
 
+/// A commit whose position cannot be read (here the role may not call the WAL position
+/// functions) costs the client nothing: its writes succeed, and the written table is
+/// read on the primary, never on a replica that lacks the write, while reads of other
+/// tables still go to replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_position_cannot_be_read_is_never_read_stale() {
+    let env = consistency_env("routing:\n  sticky_reads: false\n").await;
+    env.direct()
+        .await
+        .batch_execute(
+            "revoke execute on function pg_current_wal_flush_lsn() from public;
+             revoke execute on function pg_current_wal_insert_lsn() from public;",
+        )
+        .await
+        .unwrap();
+    let replica_ports: HashSet<i32> = env.cluster.replicas.iter().map(|r| r.port as i32).collect();
+    pause_all(&env);
+    let (a, b) = (env.connect().await, env.connect().await);
+    for k in 1..=3 {
+        a.batch_execute(&format!("insert into kv values ({k}, 1)"))
+            .await
+            .unwrap();
+        a.execute("update kv set v = 2 where k = $1", &[&k])
+            .await
+            .unwrap();
+        for c in [&a, &b] {
+            let (v, _) = read_kv(c, k, &replica_ports).await;
+            assert_eq!(v, Some(2), "a stale read of key {k}");
+        }
+    }
+    let p = port_of(&b, "select inet_server_port() from other where k = 1").await;
+    assert!(replica_ports.contains(&p), "a read of an unwritten table went to {p}");
+    resume_all(&env);
+}
+
 /// Under a steady stream of commits the sampler reads positions at most once per
 /// capture_interval_ms, commits in between share a read, and every one of them still
 /// gets a position: once the writers stop, the table is read on a replica, complete.
