@@ -275,7 +275,10 @@ async fn a_commit_whose_position_cannot_be_read_is_never_read_stale() {
         }
     }
     let p = port_of(&b, "select inet_server_port() from other where k = 1").await;
-    assert!(replica_ports.contains(&p), "a read of an unwritten table went to {p}");
+    assert!(
+        replica_ports.contains(&p),
+        "a read of an unwritten table went to {p}"
+    );
     resume_all(&env);
 }
 
