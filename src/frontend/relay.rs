@@ -136,7 +136,10 @@ pub(super) enum Flow {
     Idle,
     ClientGone,
     /// The server failed before the client saw any answer; run the request elsewhere.
-    Retry,
+    /// `lost`: its connection broke (rather than the node saying it is going away).
+    Retry {
+        lost: bool,
+    },
 }
 
 /// What the current transaction (or autocommit statement) did and how it ended.
@@ -256,7 +259,7 @@ impl Session {
                 .await;
                 if let Err(e) = sent {
                     if retry.lost && untouched(self) {
-                        return Ok(self.retry(server));
+                        return Ok(self.retry(server, true));
                     }
                     return Err(self.server_lost(server, e.to_string()).await);
                 }
@@ -287,12 +290,12 @@ impl Session {
                 r = server.io.read_frame() => {
                     let frame = match r {
                         Ok(Some(f)) => f,
-                        Ok(None) | Err(_) if retry.lost && untouched(self) => return Ok(self.retry(server)),
+                        Ok(None) | Err(_) if retry.lost && untouched(self) => return Ok(self.retry(server, true)),
                         Ok(None) => return Err(self.server_lost(server, "server closed the connection".into()).await),
                         Err(e) => return Err(self.server_lost(server, e.to_string()).await),
                     };
                     if (retry.going_away || retry.lost) && untouched(self) && frame.tag == b'E' && node_going_away(frame.body()) {
-                        return Ok(self.retry(server));
+                        return Ok(self.retry(server, false));
                     }
                     // First the pipeline: a reply it hides (the proxy's own Parse or
                     // Bind, a failed auto-prepared statement that will run again as
@@ -426,11 +429,11 @@ impl Session {
     }
 
     /// Gives up on a server that failed before answering; nothing reached the client.
-    fn retry(&mut self, server: &mut Server) -> Flow {
+    fn retry(&mut self, server: &mut Server, lost: bool) -> Flow {
         server.broken = true;
         self.out.clear();
-        tracing::info!(node = %server.node, "server failed before answering; retrying the read elsewhere");
-        Flow::Retry
+        tracing::info!(node = %server.node, lost, "server failed before answering; retrying the request");
+        Flow::Retry { lost }
     }
 
     fn forward(

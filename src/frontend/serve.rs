@@ -95,6 +95,8 @@ impl Session {
         let mut excluded: Vec<String> = Vec::new();
         let mut req = req;
         let mut attempts = 0;
+        // A replica's pooled connection lost under a read once, without judging the node.
+        let mut forgiven = false;
         loop {
             attempts += 1;
             let retry = if attempts < 4 {
@@ -117,12 +119,21 @@ impl Session {
             }
             node.runtime.begin_query();
             let lifted = needed.lifted.take();
+            let pooled = super::session::pooled(&server);
             let flow = self.attached_until_idle(server, req, retry, lifted).await;
             node.runtime.end_query();
             match flow? {
                 Flow::Idle => return Ok(Some(false)),
                 Flow::ClientGone => return Ok(None),
-                Flow::Retry => {
+                // A pooled connection can die alone (a terminated backend, an idle
+                // timeout) after the pool's idle check passed it: the read runs again on
+                // the same node, on another connection, and only a second loss bans it.
+                Flow::Retry { lost: true } if pooled && !forgiven => {
+                    forgiven = true;
+                    metrics::counter!("pgwarden_request_retries_total").increment(1);
+                    req = copy.expect("retry is only offered for retryable requests");
+                }
+                Flow::Retry { .. } => {
                     if node.role == crate::config::Role::Replica {
                         let topo = self.shared.topology.load();
                         node.ban(

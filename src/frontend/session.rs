@@ -301,7 +301,7 @@ impl Session {
             // A pooled connection the server dropped after the pool's idle check (a
             // terminated backend, a restart): nothing of the client's ran, and the node
             // may be fine, so one more connection is tried before the node is judged.
-            let pooled = Object::metrics(&server).recycle_count > 0;
+            let pooled = pooled(&server);
             let _ = Object::take(server);
             if retried || !pooled {
                 return Err(CheckoutError::Params(e));
@@ -474,6 +474,12 @@ impl CheckoutError {
 }
 
 /// Returns a server to its pool, or discards it when its state is unknown.
+/// The connection served an earlier request: the pool's idle check passed it, which a
+/// server that dropped it since cannot be told apart from a healthy one by.
+pub(super) fn pooled(server: &Server) -> bool {
+    Object::metrics(server).recycle_count > 0
+}
+
 pub(super) fn give_back(mut server: Server) {
     if server.broken {
         let _ = Object::take(server);
