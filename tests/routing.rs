@@ -88,7 +88,15 @@ async fn routing_env_edited(setup: Setup, edit: impl FnOnce(&mut Config, &PgClus
 /// replicas in turn, so both serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_keeps_to_one_replica_and_clients_spread() {
-    let env = routing_env().await;
+    // A check that times out (1 s by default) makes a replica's lag unknown, which
+    // rightly moves its clients: the likely cause of the one failure in 21 runs of this
+    // binary, three side by side on two cores.
+    let env = routing_env_with(Setup {
+        replicas: 2,
+        tweak: |cfg| cfg.health.timeout_ms = 10_000,
+        ..Default::default()
+    })
+    .await;
     let replicas = replica_ports(&env);
     let mut homes = HashSet::new();
     for _ in 0..4 {
