@@ -1,6 +1,7 @@
 //! Turns a simple-protocol statement into one with parameters, so the proxy can run
 //! it as a server-side prepared statement (parsed and planned once per connection).
-//! Only integer literals in places where they are plainly values are lifted, each typed
+//! Only integer literals in places where they are plainly values are lifted (operands of a
+//! comparison or arithmetic, LIMIT/OFFSET, whole elements of a VALUES row), each typed
 //! exactly as PostgreSQL types the literal, and the text keeps every other byte at its
 //! offset so error positions still point at the client's own SQL.
 
@@ -109,6 +110,13 @@ pub(crate) struct Lifter {
     prev: Option<Token>,
     prev2: Option<Token>,
     refused: bool,
+    /// Parentheses open at this point.
+    depth: u32,
+    /// The depth of a VALUES keyword whose rows are being read.
+    values_at: Option<u32>,
+    /// A literal that opens or follows a comma in a VALUES row, lifted if the next token
+    /// ends it (`,` or `)`): a whole element, not part of an expression. Its type.
+    pending: Option<(Range<usize>, u32)>,
 }
 
 impl Lifter {
@@ -120,6 +128,15 @@ impl Lifter {
             return false;
         }
         let text = &bytes[tok.start..tok.end];
+        if let Some((range, ty)) = self.pending.take() {
+            if tok.kind == TokenKind::Punct && matches!(text, b"," | b")") {
+                self.lift(range, ty);
+            } else if range.len() > MAX_INLINE_LITERAL {
+                self.refused = true;
+                return false;
+            }
+        }
+        self.follow_values(tok.kind, text);
         match tok.kind {
             TokenKind::Param => self.refused = true,
             TokenKind::Literal => {
@@ -130,19 +147,19 @@ impl Lifter {
                     && (bytes[t.start..t.end].eq_ignore_ascii_case(b"limit") || bytes[t.start..t.end].eq_ignore_ascii_case(b"offset")));
                 // A literal glued to a following word or `.`/`::` is not a plain value.
                 let glued = matches!(bytes.get(tok.end), Some(c) if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.' || *c == b':' || *c == b'$');
+                let row_element = self.values_at.is_some_and(|d| d + 1 == self.depth)
+                    && matches!(self.prev, Some(t) if t.kind == TokenKind::Punct && matches!(&bytes[t.start..t.end], b"(" | b","));
                 let placeholder_len = placeholder_len(self.types.len() + 1);
                 match ty {
+                    Some(ty) if !glued && text.len() >= placeholder_len && row_element => {
+                        self.pending = Some((tok.start..tok.end, ty));
+                    }
                     Some(ty)
                         if (after_operator || after_limit)
                             && !glued
                             && text.len() >= placeholder_len =>
                     {
-                        if self.types.len() == MAX_PARAMS {
-                            self.refused = true;
-                        } else {
-                            self.types.push(ty);
-                            self.values.push(tok.start..tok.end);
-                        }
+                        self.lift(tok.start..tok.end, ty);
                     }
                     Some(_) if text.len() <= MAX_INLINE_LITERAL => {}
                     _ => self.refused = true,
@@ -155,9 +172,44 @@ impl Lifter {
         !self.refused
     }
 
+    fn lift(&mut self, value: Range<usize>, ty: u32) {
+        if self.types.len() == MAX_PARAMS {
+            self.refused = true;
+        } else {
+            self.types.push(ty);
+            self.values.push(value);
+        }
+    }
+
+    /// Keeps the depth of parentheses, and where a VALUES list's rows are: from the
+    /// keyword until a word at its own depth (ON CONFLICT, RETURNING) or a parenthesis
+    /// closing around it.
+    #[inline(always)]
+    fn follow_values(&mut self, kind: TokenKind, text: &[u8]) {
+        match kind {
+            TokenKind::Punct if text == b"(" => self.depth += 1,
+            TokenKind::Punct if text == b")" => {
+                self.depth = self.depth.saturating_sub(1);
+                if self.values_at.is_some_and(|d| self.depth < d) {
+                    self.values_at = None;
+                }
+            }
+            TokenKind::Word if text.eq_ignore_ascii_case(b"values") => {
+                self.values_at = Some(self.depth)
+            }
+            TokenKind::Word if self.values_at == Some(self.depth) => self.values_at = None,
+            _ => {}
+        }
+    }
+
     /// The parameterised `sql` (the text every token came from), if anything was lifted.
     pub(crate) fn finish(self, sql: &str) -> Option<Parameterized> {
-        if self.refused || self.types.is_empty() {
+        // A literal still waiting for the end of its VALUES element was not one.
+        let unfinished = self
+            .pending
+            .as_ref()
+            .is_some_and(|(r, _)| r.len() > MAX_INLINE_LITERAL);
+        if self.refused || unfinished || self.types.is_empty() {
             return None;
         }
         let mut out = String::with_capacity(sql.len());
@@ -261,7 +313,12 @@ mod tests {
             "select * from t where id = 1000 order by 1000",
             "select * from t where 1234 = id",
             "select * from t where id = 1000 % 7000",
-            "insert into t values (1234, 5678)",
+            "insert into t values (1234, 'bob')",
+            "insert into t values (1234 + x, 5678)",
+            "insert into t values (f(1234), 5678)",
+            "insert into t values (1234::int8, 5678)",
+            "insert into t values (1234, 5678) returning 1000",
+            "select * from t where id in (select 1234 from u) and k = 5678",
             "select '2020-01-01'::date",
         ] {
             assert!(lifted(sql).is_none(), "{sql}");
@@ -284,6 +341,36 @@ mod tests {
         assert_eq!(
             text,
             "update t set n = $1  , m = m * $2  where id - $3  > 0"
+        );
+    }
+
+    #[test]
+    fn lifts_whole_elements_of_values_rows() {
+        let sql = "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+                   VALUES (5, 1, 12345, -2345, CURRENT_TIMESTAMP);";
+        let (text, types, vals) = lifted(sql).unwrap();
+        assert_eq!(
+            text,
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+             VALUES (5, 1, $1   , $2   , CURRENT_TIMESTAMP);"
+        );
+        assert_eq!(
+            (types, vals),
+            (vec![INT4_OID, INT4_OID], vec!["12345", "-2345"])
+        );
+        let (text, types, _) =
+            lifted("insert into t values (1234, 3000000000), (5678, 7) on conflict (k) do update set v = 9999")
+                .unwrap();
+        assert_eq!(
+            text,
+            "insert into t values ($1  , $2        ), ($3  , 7) on conflict (k) do update set v = $4  "
+        );
+        assert_eq!(types, vec![INT4_OID, INT8_OID, INT4_OID, INT4_OID]);
+        // A VALUES list in FROM, and ORDER BY's column number after it stays.
+        let (text, _, _) = lifted("select * from (values (1234), (5678)) v(x) order by 1").unwrap();
+        assert_eq!(
+            text,
+            "select * from (values ($1  ), ($2  )) v(x) order by 1"
         );
     }
 
