@@ -57,6 +57,33 @@ async fn replies(w: &mut Wire, sql: &str) -> Vec<(char, Vec<u8>)> {
         .collect()
 }
 
+/// Runs `list` on the direct connection, then on the proxied one, and compares every
+/// reply. One side at a time: the lists take locks, and each leaves the tables as they
+/// were for the other.
+async fn same_replies_in_turn(direct: &mut Wire, proxied: &mut Wire, list: &[&str], round: usize) {
+    let mut want = Vec::new();
+    for sql in list {
+        want.push(replies(direct, sql).await);
+    }
+    for (sql, want) in list.iter().zip(want) {
+        let got = replies(proxied, sql).await;
+        assert_eq!(got, want, "round {round}: {sql}");
+    }
+}
+
+/// Asserts that each of `sqls` is a statement kept on the proxy's server connection;
+/// returns them all.
+async fn assert_kept(env: &Env, sqls: &[&str]) -> Vec<String> {
+    let stmts = server_statements(env).await;
+    for sql in sqls {
+        assert!(
+            stmts.iter().any(|s| s == sql),
+            "{sql} is kept on the server: {stmts:?}"
+        );
+    }
+    stmts
+}
+
 const QUERIES: &[&str] = &[
     "select * from items where id = 12345",
     "select id, v from items where id >= 19990 order by id limit 20",
@@ -128,25 +155,16 @@ async fn insert_values_run_prepared_with_the_replies_of_the_query() {
     // Each side runs the whole list in turn, which leaves the table empty; the second
     // round runs on the statements the first one prepared.
     for round in 0..2 {
-        let mut want = Vec::new();
-        for sql in list {
-            want.push(replies(&mut direct, sql).await);
-        }
-        for (sql, want) in list.iter().zip(want) {
-            let got = replies(&mut proxied, sql).await;
-            assert_eq!(got, want, "round {round}: {sql}");
-        }
+        same_replies_in_turn(&mut direct, &mut proxied, list, round).await;
     }
-    let stmts = server_statements(&env).await;
-    for sql in [
-        "insert into ins (id, small, big, t) values ($1  , $2  , $3        , $4  )",
-        "insert into ins (id, big) values ($1  , $2  ), ($3  , $4        )",
-    ] {
-        assert!(
-            stmts.iter().any(|s| s == sql),
-            "{sql} is kept on the server: {stmts:?}"
-        );
-    }
+    assert_kept(
+        &env,
+        &[
+            "insert into ins (id, small, big, t) values ($1  , $2  , $3        , $4  )",
+            "insert into ins (id, big) values ($1  , $2  ), ($3  , $4        )",
+        ],
+    )
+    .await;
 }
 
 /// After DDL changes a prepared SELECT's columns, PostgreSQL refuses to run it ("cached
@@ -330,16 +348,14 @@ async fn unnamed_statements_reply_as_sent_and_run_prepared() {
             assert_eq!(got, want, "round {round}: {sql} {params:?}");
         }
     }
-    let stmts = server_statements(&env).await;
-    for sql in [
-        "select * from items where id = $1",
-        "update items set k = k + $1 where id = $2",
-    ] {
-        assert!(
-            stmts.iter().any(|s| s == sql),
-            "{sql} ran as a kept statement: {stmts:?}"
-        );
-    }
+    let stmts = assert_kept(
+        &env,
+        &[
+            "select * from items where id = $1",
+            "update items set k = k + $1 where id = $2",
+        ],
+    )
+    .await;
     assert!(
         !stmts
             .iter()
@@ -428,14 +444,7 @@ async fn writes_in_a_transaction_block_run_prepared_once_known() {
         if round == 3 {
             common::add_a_column_to_items(&env).await;
         }
-        let mut want = Vec::new();
-        for sql in block {
-            want.push(replies(&mut direct, sql).await);
-        }
-        for (sql, want) in block.iter().zip(want) {
-            let got = replies(&mut proxied, sql).await;
-            assert_eq!(got, want, "round {round}: {sql}");
-        }
+        same_replies_in_turn(&mut direct, &mut proxied, block, round).await;
     }
     // A table change that breaks a kept statement: it fails at Bind, with the error the
     // Query as sent gets, and the block is aborted just as it would be.
@@ -459,17 +468,15 @@ async fn writes_in_a_transaction_block_run_prepared_once_known() {
         .batch_execute("alter table items rename column k2 to k")
         .await
         .unwrap();
-    let stmts = server_statements(&env).await;
     // (A string literal is not lifted: the INSERT runs as sent.)
-    for sql in [
-        "update items set k = k + $1   where id = $2   ",
-        "delete from items where id = $1   ",
-    ] {
-        assert!(
-            stmts.iter().any(|s| s == sql),
-            "{sql} is kept on the server: {stmts:?}"
-        );
-    }
+    let stmts = assert_kept(
+        &env,
+        &[
+            "update items set k = k + $1   where id = $2   ",
+            "delete from items where id = $1   ",
+        ],
+    )
+    .await;
     assert!(
         !stmts.iter().any(|s| s.contains("returning")),
         "a write with RETURNING is not prepared in a block: {stmts:?}"
