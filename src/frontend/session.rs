@@ -473,13 +473,13 @@ impl CheckoutError {
     }
 }
 
-/// Returns a server to its pool, or discards it when its state is unknown.
 /// The connection served an earlier request: the pool's idle check passed it, which a
 /// server that dropped it since cannot be told apart from a healthy one by.
 pub(super) fn pooled(server: &Server) -> bool {
     Object::metrics(server).recycle_count > 0
 }
 
+/// Returns a server to its pool, or discards it when its state is unknown.
 pub(super) fn give_back(mut server: Server) {
     if server.broken {
         let _ = Object::take(server);

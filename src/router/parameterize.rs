@@ -110,10 +110,9 @@ pub(crate) struct Lifter {
     prev: Option<Token>,
     prev2: Option<Token>,
     refused: bool,
-    /// Parentheses open at this point.
-    depth: u32,
-    /// The depth of a VALUES keyword whose rows are being read.
-    values_at: Option<u32>,
+    /// Inside a VALUES list: parentheses open since its keyword (a row's elements are
+    /// at 1). Nothing is counted before a VALUES keyword.
+    in_values: Option<u32>,
     /// A literal that opens or follows a comma in a VALUES row, lifted if the next token
     /// ends it (`,` or `)`): a whole element, not part of an expression. Its type.
     pending: Option<(Range<usize>, u32)>,
@@ -147,7 +146,7 @@ impl Lifter {
                     && (bytes[t.start..t.end].eq_ignore_ascii_case(b"limit") || bytes[t.start..t.end].eq_ignore_ascii_case(b"offset")));
                 // A literal glued to a following word or `.`/`::` is not a plain value.
                 let glued = matches!(bytes.get(tok.end), Some(c) if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.' || *c == b':' || *c == b'$');
-                let row_element = self.values_at.is_some_and(|d| d + 1 == self.depth)
+                let row_element = self.in_values == Some(1)
                     && matches!(self.prev, Some(t) if t.kind == TokenKind::Punct && matches!(&bytes[t.start..t.end], b"(" | b","));
                 let placeholder_len = placeholder_len(self.types.len() + 1);
                 match ty {
@@ -181,23 +180,18 @@ impl Lifter {
         }
     }
 
-    /// Keeps the depth of parentheses, and where a VALUES list's rows are: from the
-    /// keyword until a word at its own depth (ON CONFLICT, RETURNING) or a parenthesis
-    /// closing around it.
+    /// Follows a VALUES list from its keyword until a word at the keyword's own depth
+    /// (ON CONFLICT, RETURNING) or a parenthesis closing around it.
     #[inline(always)]
     fn follow_values(&mut self, kind: TokenKind, text: &[u8]) {
-        match kind {
-            TokenKind::Punct if text == b"(" => self.depth += 1,
-            TokenKind::Punct if text == b")" => {
-                self.depth = self.depth.saturating_sub(1);
-                if self.values_at.is_some_and(|d| self.depth < d) {
-                    self.values_at = None;
-                }
+        match (kind, self.in_values) {
+            (TokenKind::Word, _) if text.eq_ignore_ascii_case(b"values") => {
+                self.in_values = Some(0)
             }
-            TokenKind::Word if text.eq_ignore_ascii_case(b"values") => {
-                self.values_at = Some(self.depth)
-            }
-            TokenKind::Word if self.values_at == Some(self.depth) => self.values_at = None,
+            (_, None) => {}
+            (TokenKind::Punct, Some(d)) if text == b"(" => self.in_values = Some(d + 1),
+            (TokenKind::Punct, Some(d)) if text == b")" => self.in_values = d.checked_sub(1),
+            (TokenKind::Word, Some(0)) => self.in_values = None,
             _ => {}
         }
     }
