@@ -231,13 +231,19 @@ fn on_frame(
 impl Wire {
     /// How long the head may run before it counts as slow.
     fn slow_after(&self, lanes: &Lanes) -> Duration {
-        if self.answered < WARM_UP {
-            // A new lane's first reads (new backend, statements to prepare, often a
-            // burst of logins around them) say little about what is usual.
-            return WARM_UP_SLOW;
-        }
-        slow_threshold(lanes.slow_after(), self.usual_us)
+        lane_threshold(lanes.slow_after(), self.usual_us, self.answered)
     }
+}
+
+/// The slow threshold of a lane that has answered `answered` reads.
+fn lane_threshold(base: Duration, usual_us: u64, answered: u32) -> Duration {
+    if answered < WARM_UP {
+        // A new lane's first reads (new backend, statements to prepare, often a burst
+        // of logins around them) say little about what is usual; a configured
+        // threshold above the warm-up's still holds.
+        return base.max(WARM_UP_SLOW);
+    }
+    slow_threshold(base, usual_us)
 }
 
 /// A read is slow past `base` and ten times what reads usually take.
@@ -433,5 +439,17 @@ mod tests {
         }
         let t = slow_threshold(base, usual);
         assert!(t >= ms(45) && t <= ms(50), "{t:?}");
+    }
+
+    #[test]
+    fn a_new_lane_counts_reads_slow_past_a_second_or_the_configured_threshold() {
+        let ms = Duration::from_millis;
+        assert_eq!(lane_threshold(ms(20), 0, 0), WARM_UP_SLOW);
+        assert_eq!(lane_threshold(ms(20), 100, WARM_UP - 1), WARM_UP_SLOW);
+        // A threshold configured above the warm-up's holds from the first read.
+        assert_eq!(lane_threshold(ms(5_000), 0, 0), ms(5_000));
+        // Warmed up: the configured threshold, or ten times what is usual.
+        assert_eq!(lane_threshold(ms(20), 100, WARM_UP), ms(20));
+        assert_eq!(lane_threshold(ms(20), 5_000, WARM_UP), ms(50));
     }
 }
