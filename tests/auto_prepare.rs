@@ -48,6 +48,14 @@ async fn server_statements(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// One client straight to the primary and one through the proxy, to compare replies.
+async fn direct_and_proxied(env: &Env) -> (Wire, Wire) {
+    (
+        Wire::connect(env.cluster.primary.port, "app", "app", "app", &[]).await,
+        Wire::connect(env.port(), "app", "app", "app", &[]).await,
+    )
+}
+
 /// Every message, tag and body, of the replies to a simple Query.
 async fn replies(w: &mut Wire, sql: &str) -> Vec<(char, Vec<u8>)> {
     w.simple(sql)
@@ -104,8 +112,7 @@ const QUERIES: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_are_those_of_the_simple_protocol() {
     let env = start(true).await;
-    let mut direct = Wire::connect(env.cluster.primary.port, "app", "app", "app", &[]).await;
-    let mut proxied = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let (mut direct, mut proxied) = direct_and_proxied(&env).await;
     // Twice: the second run uses the statements the first one prepared.
     for round in 0..2 {
         for sql in QUERIES {
@@ -141,8 +148,7 @@ async fn insert_values_run_prepared_with_the_replies_of_the_query() {
         )
         .await
         .unwrap();
-    let mut direct = Wire::connect(env.cluster.primary.port, "app", "app", "app", &[]).await;
-    let mut proxied = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let (mut direct, mut proxied) = direct_and_proxied(&env).await;
     let list: &[&str] = &[
         "insert into ins (id, small, big, t) values (1001, 1234, 3000000000, 5678)",
         "insert into ins (id, small) values (1002, 40000)",
@@ -337,8 +343,7 @@ const UNNAMED: &[(&str, &[&str], bool)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_statements_reply_as_sent_and_run_prepared() {
     let env = start(true).await;
-    let mut direct = Wire::connect(env.cluster.primary.port, "app", "app", "app", &[]).await;
-    let mut proxied = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let (mut direct, mut proxied) = direct_and_proxied(&env).await;
     // Twice: the second run uses the statements the first one prepared.
     for round in 0..2 {
         for (sql, params, describe) in UNNAMED {
@@ -415,8 +420,7 @@ async fn the_unnamed_statement_stays_the_clients_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_in_a_transaction_block_run_prepared_once_known() {
     let env = start(true).await;
-    let mut direct = Wire::connect(env.cluster.primary.port, "app", "app", "app", &[]).await;
-    let mut proxied = Wire::connect(env.port(), "app", "app", "app", &[]).await;
+    let (mut direct, mut proxied) = direct_and_proxied(&env).await;
     let block: &[&str] = &[
         "begin",
         "update items set k = k + 1000 where id = 12345",

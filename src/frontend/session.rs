@@ -473,8 +473,8 @@ impl CheckoutError {
     }
 }
 
-/// The connection served an earlier request: the pool's idle check passed it, which a
-/// server that dropped it since cannot be told apart from a healthy one by.
+/// The connection served an earlier request and was handed out again after the pool's
+/// idle check; a server that dropped it after that check looks healthy until it is used.
 pub(super) fn pooled(server: &Server) -> bool {
     Object::metrics(server).recycle_count > 0
 }
