@@ -286,7 +286,10 @@ impl Session {
             if !self.out.is_empty() && !server.io.has_buffered_frame() && !replayable {
                 self.flush_out().await?;
             }
+            // The server first: while its replies are buffered the client's socket need
+            // not be polled, and the client has nothing to say until they reach it.
             tokio::select! {
+                biased;
                 r = server.io.read_frame() => {
                     let frame = match r {
                         Ok(Some(f)) => f,
