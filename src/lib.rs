@@ -10,6 +10,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod sandbox;
+pub mod state;
 pub mod topology;
 
 pub use proxy::Proxy;

@@ -27,7 +27,7 @@ async fn metrics_and_healthz() {
     metrics::set_global_recorder(recorder).expect("first recorder in this binary");
     let cluster_env = start(Setup::default()).await;
     // A second proxy on the same cluster, with the admin port and the handle.
-    let mut cfg = cluster_env.proxy.shared.config.clone();
+    let mut cfg = pgwarden::config::Config::clone(&cluster_env.proxy.shared.config());
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     let proxy = pgwarden::Proxy::start(cfg, Some(handle)).await.unwrap();

@@ -4,5 +4,7 @@
 pub mod bus;
 pub mod clock;
 pub mod lsn;
+pub mod need;
 
 pub use clock::TableClock;
+pub use need::{need, LagBudget, ReadNeed};

@@ -9,7 +9,7 @@ use crate::config::LagSource;
 use crate::consistency::bus::TableWrite;
 use crate::consistency::clock::UNREACHABLE;
 use crate::consistency::lsn;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -151,7 +151,7 @@ impl Session {
     pub(super) fn capture_detached(&mut self, server: Server, pending: PendingCommit) {
         self.let_go(server);
         let target = self.capture_target();
-        if target.shared.config.consistency.lag_source == LagSource::Aurora {
+        if target.shared.config().consistency.lag_source == LagSource::Aurora {
             target.record_detached(pending, Some(now_ms()));
             return;
         }
@@ -193,7 +193,7 @@ impl CaptureTarget {
         } else {
             ("pgw_i_flushed", FLUSHED_SQL)
         };
-        let position = match self.shared.config.consistency.lag_source {
+        let position = match self.shared.config().consistency.lag_source {
             LagSource::Postgres => match server.query_row_prepared(name, sql).await {
                 Ok(row) => row.first().and_then(|v| lsn::parse(v.as_deref()?)),
                 Err(e) => {
@@ -267,7 +267,7 @@ impl CaptureTarget {
     /// serve a stale read of it once the client has its reply.
     async fn publish_and_wait(&self, tables: Vec<String>, lsn: u64) {
         let Some(bus) = &self.shared.bus else { return };
-        let wait = Duration::from_millis(self.shared.config.consistency.fleet_publish_wait_ms);
+        let wait = Duration::from_millis(self.shared.config().consistency.fleet_publish_wait_ms);
         if let Err(e) = bus
             .publish_and_wait(self.table_write(tables, lsn), wait)
             .await

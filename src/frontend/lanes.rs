@@ -12,12 +12,13 @@ use super::lane_slow::{SlowStatements, Why};
 use super::routing::Needed;
 use super::session::{give_back, Server, Session};
 use crate::config::{MultiplexReads, PoolMode};
+use crate::consistency::LagBudget;
 use crate::protocol::{messages, sqlstate};
 use crate::router::analysis::Analysis;
 use crate::router::parameterize::{parameterize, Parameterized};
 use crate::router::plan::{Plan, Route};
-use crate::topology::balancer::{self, Draw};
-use crate::topology::{Node, ReadNeed};
+use crate::topology::balancer::Draw;
+use crate::topology::{choose, Choice, Node};
 use bytes::{Bytes, BytesMut};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -260,8 +261,8 @@ impl Session {
         req: &BytesMut,
         tag: u8,
     ) -> Option<BytesMut> {
-        let shared = self.shared.clone();
-        let cfg = &shared.config;
+        let cfg = self.config.clone();
+        let shared = &*self.shared.clone();
         if cfg.pool.multiplex_reads == MultiplexReads::Off
             || plan.route != Route::Replica
             || self.mode != PoolMode::Transaction
@@ -269,23 +270,13 @@ impl Session {
         {
             return None;
         }
-        let need = ReadNeed {
-            min_position: needed.min_position,
-            max_lag_bytes: cfg.consistency.max_lag_bytes,
-            max_lag_ms: cfg.consistency.max_lag_ms,
-        };
+        let need = LagBudget::of(&cfg.consistency).with(needed.min_position);
         let topo = shared.topology.load();
-        let near = balancer::nearest(
-            topo.eligible(false, &need, &[]),
-            cfg.consistency.nearest_tolerance,
-        );
         // The node the usual path would take; the rotation moves on only if the lane
         // serves the read (else the usual path moves it).
         let draw = self.draw(false);
-        let node = shared
-            .balancer
-            .pick(cfg.routing.load_balance, &near, draw)?
-            .clone();
+        let choice = Choice::from_config(&cfg, false);
+        let node = choose(&topo, &shared.balancer, choice, &need, &[], draw)?.clone();
         // Alone on the replica a read gains nothing from a lane, only two hand-offs;
         // among others it does, even at the moments it finds the replica idle.
         if cfg.pool.multiplex_reads == MultiplexReads::Auto
@@ -338,7 +329,7 @@ impl Session {
     ) -> Option<(LaneRequest, oneshot::Receiver<LaneReply>)> {
         let (reply, rx) = oneshot::channel();
         let request = match tag {
-            b'Q' if self.shared.config.pool.auto_prepare => {
+            b'Q' if self.config.pool.auto_prepare => {
                 let analysis = self.routed.clone()?;
                 if !lane_eligible(&analysis) {
                     return None;

@@ -2,7 +2,7 @@
 
 use super::startup::{self, Initial, StartupError};
 use crate::protocol::sqlstate;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -38,7 +38,7 @@ pub async fn serve(
 
 async fn handle(tcp: TcpStream, shared: &Arc<Shared>) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
-    let timeout = Duration::from_millis(shared.config.limits.startup_timeout_ms);
+    let timeout = Duration::from_millis(shared.config().limits.startup_timeout_ms);
     // Boxed so the TLS handshake's large state is freed once the session runs.
     let negotiation = Box::pin(startup::negotiate(tcp, shared.tls.as_ref()));
     let initial = match tokio::time::timeout(timeout, negotiation).await {

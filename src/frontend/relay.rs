@@ -402,7 +402,7 @@ impl Session {
         p: &mut Progress,
         to_server: &mut BytesMut,
     ) -> Option<BytesMut> {
-        if !self.shared.config.pool.auto_prepare || !p.idle() || first.first() != Some(&b'P') {
+        if !self.config.pool.auto_prepare || !p.idle() || first.first() != Some(&b'P') {
             return Some(first);
         }
         let read = match self.statements.lane_read(&first, &self.shared.parse_cache) {
@@ -471,7 +471,7 @@ impl Session {
         // result run there prepared, and only once this server has their statement.
         let lifted = match (&query, sql) {
             (Some(a), Some(sql))
-                if self.shared.config.pool.auto_prepare && super::auto_prepare::eligible(a) =>
+                if self.config.pool.auto_prepare && super::auto_prepare::eligible(a) =>
             {
                 if p.idle() {
                     lift(sql).map(|l| (l, true))

@@ -9,12 +9,13 @@ use crate::config::PoolMode;
 use crate::config::{ConsistencyMode, LagSource};
 use crate::consistency::clock::UNREACHABLE;
 use crate::consistency::lsn;
+use crate::consistency::{self, LagBudget};
 use crate::router::analysis::{Analysis, SetStmt};
 use crate::router::fingerprint::{fingerprint_and_lift, leading_hint, Hint};
 use crate::router::parameterize::Parameterized;
 use crate::router::plan::{self, Plan, RequestPart, Route, RouteOverride, SessionView};
-use crate::topology::balancer::{self, Draw};
-use crate::topology::{Node, ReadNeed, Topology};
+use crate::topology::balancer::Draw;
+use crate::topology::{choose, Choice, Node, ReadNeed, Topology};
 use deadpool::managed::PoolError;
 use std::future::Future;
 use std::sync::Arc;
@@ -102,7 +103,7 @@ impl Session {
                 b'Q' | b'P' => {
                     if let Some(sql) = sql_of(tag, body) {
                         let cache = &self.shared.parse_cache;
-                        let analysis = if tag == b'Q' && self.shared.config.pool.auto_prepare {
+                        let analysis = if tag == b'Q' && self.config.pool.auto_prepare {
                             let (key, lift) = fingerprint_and_lift(sql);
                             lifted = Some(lift);
                             cache.analyze_keyed(key, sql)
@@ -158,7 +159,7 @@ impl Session {
             parts,
             &view,
             topo.has_usable_replica(),
-            &self.shared.config.routing,
+            &self.config.routing,
         );
         self.shared.counters.query(p.route, p.reason);
         if p.route == Route::Primary {
@@ -187,18 +188,16 @@ impl Session {
 
     /// The replayed position a read of these statements needs, by the session's mode.
     fn min_position_of<'a>(&self, analyses: impl Iterator<Item = &'a Arc<Analysis>>) -> u64 {
-        let own = || {
-            self.clock
-                .position(self.shared.config.consistency.max_lag_ms)
-        };
-        match self.consistency {
-            ConsistencyMode::Eventual => 0,
-            ConsistencyMode::Session => own(),
-            ConsistencyMode::Strict => own().max(self.shared.table_clock.max_of(
-                &self.database,
-                analyses.flat_map(|a| a.reads()).map(|t| t.name.as_str()),
-            )),
-        }
+        consistency::need::min_position(
+            self.consistency,
+            || self.clock.position(self.config.consistency.max_lag_ms),
+            || {
+                self.shared.table_clock.max_of(
+                    &self.database,
+                    analyses.flat_map(|a| a.reads()).map(|t| t.name.as_str()),
+                )
+            },
+        )
     }
 
     /// How this request picks among replicas: the client's fixed turn with sticky reads,
@@ -304,7 +303,7 @@ impl Session {
                 Some(SetStmt::Reset { name })
                     if name.eq_ignore_ascii_case("pgwarden.consistency") =>
                 {
-                    self.consistency = self.shared.config.consistency.mode;
+                    self.consistency = self.config.consistency.mode;
                 }
                 Some(SetStmt::Set { local: true, .. }) | None => {}
                 Some(other) => sets.push(other.clone()),
@@ -391,13 +390,9 @@ impl Session {
     ) -> Result<(Server, Arc<Node>), CheckoutError> {
         let topo = self.shared.topology.load_full();
         if plan.route == Route::Replica {
-            let shared = self.shared.clone();
-            let cfg = &shared.config;
-            let mut need = ReadNeed {
-                min_position: needed.min_position,
-                max_lag_bytes: cfg.consistency.max_lag_bytes,
-                max_lag_ms: cfg.consistency.max_lag_ms,
-            };
+            let cfg = self.config.clone();
+            let choice = Choice::from_config(&cfg, true);
+            let mut need = LagBudget::of(&cfg.consistency).with(needed.min_position);
             let mut tried: Vec<String> = excluded.to_vec();
             let deadline = Instant::now() + Duration::from_millis(cfg.consistency.max_wait_ms);
             let mut waited = false;
@@ -411,15 +406,14 @@ impl Session {
                         need.min_position = self.min_position_of(analyses.iter());
                     }
                 }
-                let eligible = topo.eligible(cfg.routing.primary_reads, &need, &tried);
-                let near = balancer::nearest(eligible, cfg.consistency.nearest_tolerance);
                 let draw = self.draw(self.request_executes);
-                if let Some(node) = shared.balancer.pick(cfg.routing.load_balance, &near, draw) {
+                let chosen = choose(&topo, &self.shared.balancer, choice, &need, &tried, draw);
+                if let Some(node) = chosen {
                     let node = node.clone();
                     match self.checkout_node(&node).await {
                         Ok(s) => {
                             let s = self.unless_cancelled(s, cancelled.as_deref())?;
-                            shared.counters.read(if waited {
+                            self.shared.counters.read(if waited {
                                 ReadDecision::Waited
                             } else {
                                 ReadDecision::Replica
@@ -495,9 +489,8 @@ impl Session {
         tried: &[String],
         probed: &mut Vec<String>,
     ) -> Option<(Server, Arc<Node>)> {
-        let cfg = &self.shared.config;
         // Time-based sources have no position to ask for; a pending commit has none yet.
-        if cfg.consistency.lag_source != LagSource::Postgres
+        if self.config.consistency.lag_source != LagSource::Postgres
             || need.min_position == 0
             || need.min_position == UNREACHABLE
         {
@@ -507,21 +500,18 @@ impl Session {
             min_position: 0,
             ..*need
         };
+        let choice = Choice::from_config(&self.config, false);
+        let balancer = &self.shared.balancer;
         let mut skip: Vec<String> = tried.iter().chain(probed.iter()).cloned().collect();
-        let mut behind = topo.eligible(false, &budget_only, &skip);
-        if behind.is_empty() && !probed.is_empty() {
+        let draw = self.draw(false);
+        let mut node = choose(topo, balancer, choice, &budget_only, &skip, draw);
+        if node.is_none() && !probed.is_empty() {
             // All were asked: start another round.
             probed.clear();
             skip.truncate(tried.len());
-            behind = topo.eligible(false, &budget_only, &skip);
+            node = choose(topo, balancer, choice, &budget_only, &skip, draw);
         }
-        let near = balancer::nearest(behind, cfg.consistency.nearest_tolerance);
-        let draw = self.draw(false);
-        let node = self
-            .shared
-            .balancer
-            .pick(cfg.routing.load_balance, &near, draw)?
-            .clone();
+        let node = node?.clone();
         probed.push(node.name.clone());
         // The client's cancel stays with the session meanwhile (see checkout_for).
         let mut server = self.checkout_node_unwatched(&node).await.ok()?;
@@ -558,7 +548,7 @@ impl Session {
         &mut self,
         node: &Arc<Node>,
     ) -> Result<Server, CheckoutError> {
-        let cfg = &self.shared.config;
+        let cfg = &self.config;
         let entry = self
             .shared
             .pools

@@ -48,12 +48,11 @@ impl Session {
             }
             request.unsplit(frame.data);
             // A client streaming Parse/Bind without Sync is bounded like one message.
-            if !completes_request(tag)
-                && request.len() < self.shared.config.limits.max_message_bytes
-            {
+            if !completes_request(tag) && request.len() < self.config.limits.max_message_bytes {
                 continue;
             }
             self.client.shrink_if_idle();
+            self.refresh_config();
             let req = std::mem::take(&mut request);
             // Boxed, like every rare path here, to keep an idle client's task small.
             if self.is_proxy_settings(&req) && Box::pin(self.answer_proxy_settings(&req)).await? {
@@ -138,7 +137,7 @@ impl Session {
                         let topo = self.shared.topology.load();
                         node.ban(
                             topo.now_ms(),
-                            self.shared.config.health.ban_ms,
+                            self.config.health.ban_ms,
                             "server went away before answering",
                         );
                         excluded.push(node.name.clone());

@@ -9,11 +9,11 @@ use crate::backend::conn::quote_literal;
 use crate::backend::pool::ServerPool;
 use crate::backend::pool::{touch, Manager, PoolEntry};
 use crate::backend::{BackendError, ConnectSpec};
-use crate::config::{ConsistencyMode, PoolMode, ResolvedUser};
+use crate::config::{Config, ConsistencyMode, PoolMode, ResolvedUser};
 use crate::protocol::{messages, sqlstate, FrameError, FramedStream, Stream};
-use crate::proxy::Shared;
 use crate::router::analysis::PinReason;
 use crate::router::plan::{Route, RouteOverride};
+use crate::state::Shared;
 use bytes::BytesMut;
 use deadpool::managed::{Object, PoolError, TimeoutType, Timeouts};
 use std::collections::BTreeMap;
@@ -32,6 +32,8 @@ const NOT_REPLAYED: &[&str] = &["user", "database", "replication", "options"];
 pub(super) struct Session {
     pub client: FramedStream,
     pub shared: Arc<Shared>,
+    /// The config in force, taken again at the start of each request.
+    pub config: Arc<Config>,
     /// The primary's pool, used at login.
     pub pool: PoolEntry,
     pub mode: PoolMode,
@@ -97,7 +99,8 @@ async fn open(
     shared: Arc<Shared>,
     login_timeout: Duration,
 ) -> anyhow::Result<(Session, i32, i32)> {
-    let mut client = FramedStream::new(stream, shared.config.limits.max_message_bytes);
+    let config = shared.config_arc();
+    let mut client = FramedStream::new(stream, config.limits.max_message_bytes);
     let user_name = params.get("user").cloned().unwrap_or_default();
     let database = params
         .get("database")
@@ -114,7 +117,7 @@ async fn open(
         // Boxed: SCRAM state is not kept in the task for the whole session.
         Box::pin(auth::authenticate(
             &mut client,
-            shared.config.auth.method,
+            config.auth.method,
             auth_user,
             &user_name,
         )),
@@ -133,7 +136,7 @@ async fn open(
     let entry = entry.expect("authenticated users exist");
     let user = &entry.user;
 
-    let primary = shared.config.primary().clone();
+    let primary = config.primary().clone();
     let pool = shared
         .pools
         .get(&database, &user.name, &primary.name, || ConnectSpec {
@@ -143,9 +146,9 @@ async fn open(
             user: user.server_user.clone(),
             password: user.server_password.clone(),
             database: database.clone(),
-            tls: shared.config.server_tls,
-            connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
-            prepared_capacity: shared.config.pool.prepared_statements_per_server,
+            tls: config.server_tls,
+            connect_timeout: Duration::from_millis(config.pool.connect_timeout_ms),
+            prepared_capacity: config.pool.prepared_statements_per_server,
             application_name: "pgwarden",
         });
     let options = params.get("options").cloned().unwrap_or_default();
@@ -170,7 +173,7 @@ async fn open(
     let (pid, secret, cancel) = shared.cancels.register();
     let session = Session {
         client,
-        mode: shared.config.pool.mode,
+        mode: config.pool.mode,
         shared: shared.clone(),
         pool,
         database,
@@ -180,10 +183,9 @@ async fn open(
         route_override: RouteOverride::Auto,
         pinned: None,
         clock: Arc::default(),
-        consistency: shared.config.consistency.mode,
+        consistency: config.consistency.mode,
         request_executes: true,
-        read_turn: shared
-            .config
+        read_turn: config
             .routing
             .sticky_reads
             .then(|| shared.balancer.client_turn()),
@@ -194,6 +196,7 @@ async fn open(
         out: BytesMut::new(),
         statements: ClientStatements::default(),
         routed: None,
+        config,
     };
     Ok((session, pid, secret))
 }
@@ -248,6 +251,14 @@ impl Session {
         self.client.write_all(&out).await?;
         self.client.flush().await?;
         Ok(server)
+    }
+
+    /// Takes the config in force for the next request: one pointer compare while it
+    /// has not changed. (Pool mode and consistency mode stay those of the login.)
+    pub(super) fn refresh_config(&mut self) {
+        if !self.shared.config_is(&self.config) {
+            self.config = self.shared.config_arc();
+        }
     }
 
     /// Checks out a server connection and brings it to this client's parameters.

@@ -2,23 +2,17 @@
 //! Monitors publish into a snapshot; the hot path only reads it.
 
 pub mod balancer;
+pub mod choose;
 pub mod health;
 pub mod node;
 
+pub use crate::consistency::ReadNeed;
+pub use choose::{choose, Choice};
 pub use node::{LagSample, Node, NodeRuntime};
 
 use crate::config::{Config, Role};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What a read requires of a replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadNeed {
-    /// Replayed position the replica must have reached (0: any).
-    pub min_position: u64,
-    pub max_lag_bytes: u64,
-    pub max_lag_ms: u64,
-}
 
 /// An immutable view of the nodes; swapped whole when the set of nodes or roles changes.
 pub struct Topology {
