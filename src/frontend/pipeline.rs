@@ -555,3 +555,7 @@ impl Pipeline {
         self.flush_injects(out);
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
