@@ -5,7 +5,7 @@ use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pgwarden::backend::prepared::PreparedSet;
 use pgwarden::config::RoutingConfig;
-use pgwarden::frontend::pipeline::{Expect, Pipeline};
+use pgwarden::engine::exchange::pipeline::{Expect, Pipeline};
 use pgwarden::protocol::frame::split_frame;
 use pgwarden::router::analysis::analyze;
 use pgwarden::router::plan::{plan, RequestPart, SessionView};

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod consistency;
+pub mod engine;
 pub mod frontend;
 pub mod protocol;
 pub mod proxy;

@@ -2,13 +2,13 @@
 //! swap it), users, pools, the topology handle, clocks, the fleet bus and counters.
 //! Built once per proxy, so tests can run several in one process.
 
+use crate::admin::counters::Counters;
 use crate::backend::pool::{PoolSettings, Pools};
 use crate::config::{Config, ResolvedUser};
 use crate::consistency::bus::FleetBus;
 use crate::consistency::TableClock;
+use crate::engine::lanes::Lanes;
 use crate::frontend::cancel::CancelRegistry;
-use crate::frontend::counters::Counters;
-use crate::frontend::lanes::Lanes;
 use crate::frontend::scram::Verifier;
 use crate::router::parse_cache::ParseCache;
 use crate::topology::balancer::Balancer;

@@ -1,3 +1,5 @@
-//! Operator surfaces: the HTTP endpoint for /metrics and /healthz.
+//! Operator surfaces: the per-proxy counters behind /metrics, and the HTTP endpoint
+//! for /metrics and /healthz.
 
+pub mod counters;
 pub mod http;

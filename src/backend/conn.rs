@@ -4,7 +4,7 @@
 use super::prepared::PreparedSet;
 use super::socket::{unix_socket_path, ServerAddr};
 use crate::config::ServerTlsMode;
-use crate::protocol::{messages, Frame, FrameError, FramedStream, Stream};
+use crate::protocol::{to_server, views, Frame, FrameError, FramedStream, Stream};
 use bytes::{Buf, BytesMut};
 use pgwire::messages::startup::Startup;
 use pgwire::messages::Message;
@@ -208,7 +208,7 @@ async fn open_unix(path: PathBuf) -> Result<(Stream, ServerAddr), BackendError> 
 }
 
 pub(crate) fn server_error(frame: Frame) -> BackendError {
-    let (code, message) = messages::error_fields(frame.body());
+    let (code, message) = views::error_fields(frame.body());
     BackendError::Server {
         code,
         message,
@@ -291,13 +291,13 @@ impl ServerConn {
             let mut buf = BytesMut::new();
             if prepare {
                 if let Some(evicted) = self.prepared.insert(name.into()) {
-                    messages::close_statement(&mut buf, &evicted);
+                    to_server::close_statement(&mut buf, &evicted);
                 }
                 // Whatever an earlier failed attempt left under this name goes first.
-                messages::close_statement(&mut buf, name);
-                messages::parse(&mut buf, name, sql);
+                to_server::close_statement(&mut buf, name);
+                to_server::parse(&mut buf, name, sql, &[]);
             }
-            messages::execute_statement(&mut buf, name);
+            to_server::execute_statement(&mut buf, name);
             match self.exchange_buf(buf).await {
                 Ok((_, rows)) => return Ok(rows.into_iter().next().unwrap_or_default()),
                 // Deallocated behind the proxy's back (DEALLOCATE in a function, say):
@@ -323,7 +323,7 @@ impl ServerConn {
         sql: &str,
     ) -> Result<(Vec<Frame>, Vec<Vec<Option<String>>>), BackendError> {
         let mut buf = BytesMut::new();
-        messages::query(&mut buf, sql);
+        to_server::query(&mut buf, sql);
         self.exchange_buf(buf).await
     }
 

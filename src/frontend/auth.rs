@@ -2,7 +2,7 @@
 
 use super::scram::{self, Verifier};
 use crate::config::AuthMethod;
-use crate::protocol::{messages, sqlstate, FramedStream};
+use crate::protocol::{sqlstate, to_client, FramedStream};
 use bytes::{Buf, Bytes, BytesMut};
 use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 use pgwire::messages::Message;
@@ -35,7 +35,7 @@ fn protocol(msg: &str) -> AuthFailure {
 
 async fn send(io: &mut FramedStream, a: Authentication) -> Result<(), AuthFailure> {
     let mut b = BytesMut::new();
-    messages::auth(&mut b, &a);
+    to_client::auth(&mut b, &a);
     io.write_all(&b)
         .await
         .map_err(|e| protocol(&e.to_string()))?;

@@ -3,7 +3,7 @@
 //! its read is on a shared lane or its request waits for a server connection.
 
 use crate::backend::ServerAddr;
-use crate::protocol::messages;
+use crate::protocol::to_server;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -70,7 +70,10 @@ impl CancelRegistry {
                 return;
             }
         };
-        match addr.send_once(&messages::cancel_request(pid, secret)).await {
+        match addr
+            .send_once(&to_server::cancel_request(pid, secret))
+            .await
+        {
             Ok(()) => metrics::counter!("pgwarden_cancel_requests_total").increment(1),
             Err(e) => tracing::warn!(addr = %addr, error = %e, "cannot forward cancel request"),
         }

@@ -74,7 +74,7 @@ async fn handle(tcp: TcpStream, shared: &Arc<Shared>) -> anyhow::Result<()> {
                 anyhow::bail!("client limit reached");
             };
             metrics::gauge!("pgwarden_client_connections").increment(1.0);
-            let res = super::session::run(stream, params, shared.clone(), timeout).await;
+            let res = crate::engine::run(stream, params, shared.clone(), timeout).await;
             metrics::gauge!("pgwarden_client_connections").decrement(1.0);
             drop(permit);
             res

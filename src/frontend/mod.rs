@@ -1,22 +1,10 @@
-//! Client side: listener, TLS and startup negotiation, client authentication, cancel
-//! requests, and the per-client session that relays requests to pooled servers.
+//! Client side only: the listener, TLS and startup negotiation, client authentication,
+//! cancel requests and startup options. A client that logged in is handed to the engine.
 
 pub mod auth;
-mod auto_prepare;
 pub mod cancel;
-mod commit;
-pub mod counters;
-mod lane_slow;
-mod lane_task;
-pub mod lanes;
 pub mod listener;
-mod options;
-pub mod pipeline;
-mod relay;
-mod routing;
+pub(crate) mod options;
 pub mod scram;
-mod serve;
-pub mod session;
 pub mod startup;
-pub mod statements;
 pub mod tls;

@@ -1,7 +1,7 @@
 //! The first packets of a client connection: SSLRequest/GSSENCRequest negotiation,
 //! then a StartupMessage or a CancelRequest. Lengths are bounded before reading.
 
-use crate::protocol::{messages, sqlstate, Stream};
+use crate::protocol::{sqlstate, to_client, Stream};
 use bytes::{BufMut, BytesMut};
 use pgwire::messages::startup::Startup;
 use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
@@ -160,7 +160,7 @@ async fn startup(mut stream: Stream, mut packet: BytesMut) -> Result<Initial, St
 
 /// Writes a FATAL error to a client that is being refused, best effort.
 pub async fn refuse(stream: &mut Stream, code: &str, message: &str) {
-    let _ = stream.write_all(&messages::fatal(code, message)).await;
+    let _ = stream.write_all(&to_client::fatal(code, message)).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
 }

@@ -6,3 +6,4 @@ pub mod fingerprint;
 pub mod parameterize;
 pub mod parse_cache;
 pub mod plan;
+pub mod text;

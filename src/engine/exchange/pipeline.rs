@@ -4,8 +4,9 @@
 
 use super::auto_prepare;
 use crate::backend::prepared::PreparedSet;
-use crate::protocol::messages;
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::protocol::tags::frontend::{BIND_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
+use crate::protocol::{to_client, to_server, views, walk};
+use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -80,20 +81,18 @@ pub enum Expect {
 }
 
 /// The replies owed to `request` (a Renamed request's messages) sent as they are.
-fn expect_as_sent(q: &mut VecDeque<Expect>, mut request: &[u8], ord: u64) {
-    while request.len() >= 5 {
-        let len = u32::from_be_bytes([request[1], request[2], request[3], request[4]]);
-        q.push_back(match request[0] {
-            b'P' => Expect::Parse {
+fn expect_as_sent(q: &mut VecDeque<Expect>, request: &[u8], ord: u64) {
+    for m in walk::messages(request) {
+        q.push_back(match m.tag {
+            PARSE_TAG => Expect::Parse {
                 name: None,
                 hide: false,
             },
-            b'B' => Expect::Bind,
-            b'D' => Expect::DescribePortal,
-            b'E' => Expect::Execute,
+            BIND_TAG => Expect::Bind,
+            DESCRIBE_TAG => Expect::DescribePortal,
+            EXECUTE_TAG => Expect::Execute,
             _ => Expect::Sync { ord },
         });
-        request = request.get(len as usize + 1..).unwrap_or_default();
     }
 }
 
@@ -113,18 +112,6 @@ pub struct Pipeline {
     pushed: u64,
     /// The ordinal of the last request whose ReadyForQuery reached the client.
     completed: u64,
-}
-
-fn put_empty(out: &mut BytesMut, tag: u8) {
-    out.put_u8(tag);
-    out.put_u32(4);
-}
-
-/// An ErrorResponse whose body the server sent and the proxy held back.
-fn put_error(out: &mut BytesMut, body: &[u8]) {
-    out.put_u8(b'E');
-    out.put_u32(4 + body.len() as u32);
-    out.extend_from_slice(body);
 }
 
 impl Expect {
@@ -176,7 +163,7 @@ impl Pipeline {
     fn flush_injects(&mut self, out: &mut BytesMut) {
         loop {
             match self.q.front() {
-                Some(Expect::Inject(tag)) => put_empty(out, *tag),
+                Some(Expect::Inject(tag)) => to_client::empty(out, *tag),
                 Some(Expect::CopyEnd) => {}
                 _ => return,
             }
@@ -280,7 +267,7 @@ impl Pipeline {
                 }
                 if *bound
                     || !*rerunnable
-                    || !auto_prepare::may_fall_back(&messages::error_fields(body).0)
+                    || !auto_prepare::may_fall_back(&views::error_fields(body).0)
                 {
                     return true;
                 }
@@ -316,7 +303,7 @@ impl Pipeline {
                 // The client pipelined more behind it, already sent: running the Query
                 // now would answer out of order, so the client gets the error after all.
                 self.completed = ord;
-                put_error(out, &error);
+                to_client::error_with_body(out, &error);
                 true
             }
             _ => failed.is_none(),
@@ -354,7 +341,7 @@ impl Pipeline {
             }
             b'2' if !*bound && failed.is_none() => {
                 *bound = true;
-                put_empty(out, b'1');
+                to_client::empty(out, b'1');
                 true
             }
             b'E' if failed.is_none() => {
@@ -362,9 +349,9 @@ impl Pipeline {
                     // The statement was never created.
                     prepared.remove(name);
                 }
-                if *bound || !auto_prepare::may_fall_back(&messages::error_fields(body).0) {
+                if *bound || !auto_prepare::may_fall_back(&views::error_fields(body).0) {
                     if !*bound && *parsed {
-                        put_empty(out, b'1');
+                        to_client::empty(out, b'1');
                     }
                     return true;
                 }
@@ -395,9 +382,9 @@ impl Pipeline {
                 // The client pipelined more behind it, already sent: it gets the error.
                 self.completed = ord;
                 if parsed {
-                    put_empty(out, b'1');
+                    to_client::empty(out, b'1');
                 }
-                put_error(out, &error);
+                to_client::error_with_body(out, &error);
                 true
             }
             _ => failed.is_none(),
@@ -421,11 +408,11 @@ impl Pipeline {
         let mut resend = BytesMut::new();
         if let Some(name) = stmt.filter(|n| prepared.touch(n)) {
             prepared.remove(name);
-            auto_prepare::close_named(name, &mut resend);
+            to_server::close_statement(&mut resend, name);
             if !rerun {
                 // Nothing follows it: Flush, or the server keeps its CloseComplete
                 // until the next Sync.
-                auto_prepare::flush(&mut resend);
+                to_server::flush(&mut resend);
             }
             self.q.push_back(Expect::Close { hide: true });
         }

@@ -2,11 +2,11 @@
 //! check out a server on the chosen node, and hand over to the relay. Reads that fail
 //! before any answer reached the client are retried on another node.
 
+use super::checkout::{CheckoutError, Server, Session};
+use super::plan::Needed;
 use super::relay::{completes_request, valid_client_tag, Flow, Progress, Retry};
-use super::routing::Needed;
-use super::session::{CheckoutError, Server, Session};
 use crate::config::PoolMode;
-use crate::protocol::{messages, sqlstate};
+use crate::protocol::{sqlstate, to_client};
 use crate::router::parameterize::Parameterized;
 use crate::router::plan::{Plan, Route};
 use bytes::BytesMut;
@@ -14,7 +14,7 @@ use bytes::BytesMut;
 impl Session {
     /// Serves requests until the client leaves, checking out a server per request
     /// (transaction mode; session mode goes to `held` from the login instead).
-    pub(super) async fn serve(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn serve(&mut self) -> anyhow::Result<()> {
         let mut request = BytesMut::new();
         // After a failed checkout in the middle of an extended batch, PostgreSQL's
         // rule applies: skip to the next Sync.
@@ -41,7 +41,7 @@ impl Session {
             if skip_to_sync {
                 if tag == b'S' {
                     skip_to_sync = false;
-                    messages::ready_for_query(&mut self.out, b'I');
+                    to_client::ready_for_query(&mut self.out, b'I');
                     Box::pin(self.flush_out()).await?;
                 }
                 continue;
@@ -118,7 +118,7 @@ impl Session {
             }
             node.runtime.begin_query();
             let lifted = needed.lifted.take();
-            let pooled = super::session::pooled(&server);
+            let pooled = super::checkout::pooled(&server);
             let flow = self.attached_until_idle(server, req, retry, lifted).await;
             node.runtime.end_query();
             match flow? {
@@ -149,7 +149,7 @@ impl Session {
         }
     }
 
-    pub(super) async fn protocol_violation(&mut self, tag: u8) -> anyhow::Error {
+    pub(crate) async fn protocol_violation(&mut self, tag: u8) -> anyhow::Error {
         let msg = format!("invalid frontend message type {tag}");
         let _ = self
             .send_error("FATAL", sqlstate::PROTOCOL_VIOLATION, &msg, false)
@@ -170,7 +170,7 @@ impl Session {
             Some(raw) => {
                 self.out.unsplit(raw);
                 if ready {
-                    messages::ready_for_query(&mut self.out, b'I');
+                    to_client::ready_for_query(&mut self.out, b'I');
                 }
                 self.flush_out().await?;
             }
@@ -180,7 +180,7 @@ impl Session {
     }
 
     /// Session mode, or a pinned client: relay until the client leaves.
-    pub(super) async fn held(
+    pub(crate) async fn held(
         &mut self,
         mut server: Server,
         request: BytesMut,

@@ -2,18 +2,24 @@
 //! session's overrides and the topology go into the pure router; the Plan picks a node.
 //! Session-level SETs seen here are remembered so they follow the client.
 
-use super::counters::ReadDecision;
-use super::session::{give_back, CheckoutError, Server, Session};
+use super::checkout::{give_back, CheckoutError, Server, Session};
+use crate::admin::counters::ReadDecision;
 use crate::backend::{BackendError, ConnectSpec};
 use crate::config::PoolMode;
 use crate::config::{ConsistencyMode, LagSource};
 use crate::consistency::clock::UNREACHABLE;
 use crate::consistency::lsn;
 use crate::consistency::{self, LagBudget};
+use crate::protocol::tags::frontend::{
+    BIND_TAG, EXECUTE_TAG, FUNCTION_CALL_TAG, PARSE_TAG, QUERY_TAG,
+};
+use crate::protocol::views::{sql_of, BindView};
+use crate::protocol::walk;
 use crate::router::analysis::{Analysis, SetStmt};
 use crate::router::fingerprint::{fingerprint_and_lift, leading_hint, Hint};
 use crate::router::parameterize::Parameterized;
 use crate::router::plan::{self, Plan, RequestPart, Route, RouteOverride, SessionView};
+use crate::router::text::contains_ci;
 use crate::topology::balancer::Draw;
 use crate::topology::{choose, Choice, Node, ReadNeed, Topology};
 use deadpool::managed::PoolError;
@@ -22,22 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 use tokio::sync::Notify;
-
-/// Splits a NUL-terminated string off the front of `b`.
-fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = b.iter().position(|&c| c == 0)?;
-    Some((&b[..end], &b[end + 1..]))
-}
-
-/// The SQL text of a Query body or of a Parse body (after the statement name).
-pub(super) fn sql_of(tag: u8, body: &[u8]) -> Option<&str> {
-    let text = match tag {
-        b'Q' => cstr(body)?.0,
-        b'P' => cstr(cstr(body)?.1)?.0,
-        _ => return None,
-    };
-    std::str::from_utf8(text).ok()
-}
 
 /// Whether a server error means the node, not the request, is the problem.
 fn node_unavailable(e: &BackendError) -> bool {
@@ -90,20 +80,18 @@ impl Analyses {
 
 impl Session {
     /// Decides where a complete request goes, and what a replica must have replayed.
-    pub(super) fn route(&mut self, req: &[u8]) -> (Plan, Needed) {
+    pub(crate) fn route(&mut self, req: &[u8]) -> (Plan, Needed) {
         let mut analyses = Analyses::default();
         let mut function_call = false;
         let mut executes = false;
         let mut lifted = None;
-        let mut rest = req;
-        while rest.len() >= 5 {
-            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-            let (tag, body) = (rest[0], rest.get(5..len + 1).unwrap_or(&[]));
+        for m in walk::messages(req) {
+            let (tag, body) = (m.tag, m.body());
             match tag {
-                b'Q' | b'P' => {
+                QUERY_TAG | PARSE_TAG => {
                     if let Some(sql) = sql_of(tag, body) {
                         let cache = &self.shared.parse_cache;
-                        let analysis = if tag == b'Q' && self.config.pool.auto_prepare {
+                        let analysis = if tag == QUERY_TAG && self.config.pool.auto_prepare {
                             let (key, lift) = fingerprint_and_lift(sql);
                             lifted = Some(lift);
                             cache.analyze_keyed(key, sql)
@@ -113,23 +101,22 @@ impl Session {
                         analyses.push((analysis, leading_hint(sql)));
                     }
                 }
-                b'B' => {
-                    if let Some(a) = cstr(body)
-                        .and_then(|(_, r)| cstr(r))
-                        .and_then(|(s, _)| self.statements.analysis_of(s))
+                BIND_TAG => {
+                    if let Some(a) =
+                        BindView::new(body).and_then(|b| self.statements.analysis_of(b.statement))
                     {
                         analyses.push((a, None));
                     }
                 }
-                b'F' => function_call = true,
-                b'E' => executes = true,
+                FUNCTION_CALL_TAG => function_call = true,
+                EXECUTE_TAG => executes = true,
                 _ => {}
             }
-            rest = rest.get(len + 1..).unwrap_or(&[]);
         }
-        self.request_executes = executes || req.first() == Some(&b'Q');
+        let query = req.first() == Some(&QUERY_TAG);
+        self.request_executes = executes || query;
         self.routed = match analyses.single() {
-            Some((a, _)) if req.first() == Some(&b'Q') => Some(a.clone()),
+            Some((a, _)) if query => Some(a.clone()),
             _ => None,
         };
         let lifted = lifted.filter(|_| self.routed.is_some());
@@ -202,7 +189,7 @@ impl Session {
 
     /// How this request picks among replicas: the client's fixed turn with sticky reads,
     /// else a fresh draw; `advance` moves the shared rotation on.
-    pub(super) fn draw(&self, advance: bool) -> Draw {
+    pub(crate) fn draw(&self, advance: bool) -> Draw {
         match self.read_turn {
             Some(turn) => Draw::Client {
                 turn,
@@ -221,19 +208,15 @@ impl Session {
     /// the proxy's settings (and `primary` is a reserved word PostgreSQL would reject
     /// unquoted). Returns false when the request is anything else.
     /// Cheap pre-check for answer_proxy_settings.
-    pub(super) fn is_proxy_settings(&self, req: &[u8]) -> bool {
-        req.first() == Some(&b'Q') && contains_ci(req, b"pgwarden.")
+    pub(crate) fn is_proxy_settings(&self, req: &[u8]) -> bool {
+        req.first() == Some(&QUERY_TAG) && contains_ci(req, b"pgwarden.")
     }
 
-    pub(super) async fn answer_proxy_settings(&mut self, req: &[u8]) -> std::io::Result<bool> {
-        if req.first() != Some(&b'Q') || !contains_ci(req, b"pgwarden.") {
+    pub(crate) async fn answer_proxy_settings(&mut self, req: &[u8]) -> std::io::Result<bool> {
+        if !self.is_proxy_settings(req) {
             return Ok(false);
         }
-        let len = u32::from_be_bytes([req[1], req[2], req[3], req[4]]) as usize;
-        if len + 1 != req.len() {
-            return Ok(false);
-        }
-        let Some(sql) = sql_of(b'Q', &req[5..]) else {
+        let Some(sql) = walk::single(req).and_then(|m| sql_of(QUERY_TAG, m.body())) else {
             return Ok(false);
         };
         let a = self.shared.parse_cache.analyze(sql);
@@ -254,9 +237,9 @@ impl Session {
             } else {
                 "SET"
             };
-            crate::protocol::messages::command_complete(&mut self.out, tag);
+            crate::protocol::to_client::command_complete(&mut self.out, tag);
         }
-        crate::protocol::messages::ready_for_query(&mut self.out, b'I');
+        crate::protocol::to_client::ready_for_query(&mut self.out, b'I');
         self.flush_out().await?;
         Ok(true)
     }
@@ -264,7 +247,7 @@ impl Session {
     /// Notes what a statement does to the session: it may pin the client to its
     /// connection; session-level SETs are remembered (applied once the server confirms
     /// them); `SET pgwarden.route` acts at once.
-    pub(super) fn note_session_effects(&mut self, a: &Analysis, sets: &mut Vec<SetStmt>) {
+    pub(crate) fn note_session_effects(&mut self, a: &Analysis, sets: &mut Vec<SetStmt>) {
         if self.pinned.is_none() {
             if let Some(pin) = a.pins() {
                 tracing::debug!(?pin, "client pinned to its server connection");
@@ -313,7 +296,7 @@ impl Session {
 
     /// Applies remembered SETs to the session once the server has committed them, and
     /// records that this server now carries them.
-    pub(super) fn settle_sets(&mut self, server: &mut Server, sets: Vec<SetStmt>, committed: bool) {
+    pub(crate) fn settle_sets(&mut self, server: &mut Server, sets: Vec<SetStmt>, committed: bool) {
         if sets.is_empty() || !committed {
             return;
         }
@@ -363,7 +346,7 @@ impl Session {
     /// when none qualifies the read waits up to `consistency.max_wait_ms` for one to catch
     /// up, then goes to the primary. Replicas that fail to connect are banned and skipped.
     /// A cancel while the read waits is answered at once (CheckoutError::Canceled).
-    pub(super) async fn checkout_for(
+    pub(crate) async fn checkout_for(
         &mut self,
         plan: &Plan,
         needed: &Needed,
@@ -534,7 +517,7 @@ impl Session {
     }
 
     /// Checks out a server on `node` for the client's request (its cancel goes there).
-    pub(super) async fn checkout_node(
+    pub(crate) async fn checkout_node(
         &mut self,
         node: &Arc<Node>,
     ) -> Result<Server, CheckoutError> {
@@ -544,7 +527,7 @@ impl Session {
     }
 
     /// Checks out a server on `node` for the proxy's own use (see checkout_unwatched).
-    pub(super) async fn checkout_node_unwatched(
+    pub(crate) async fn checkout_node_unwatched(
         &mut self,
         node: &Arc<Node>,
     ) -> Result<Server, CheckoutError> {
@@ -572,7 +555,7 @@ impl Session {
 
 /// What a replica must have replayed for a read, and what routing learnt on the way.
 #[derive(Default)]
-pub(super) struct Needed {
+pub(crate) struct Needed {
     pub min_position: u64,
     /// The read's analyses, kept while the position is UNREACHABLE (a commit being
     /// captured) to ask again as the read waits.
@@ -594,22 +577,8 @@ const PROBE_PAUSE: Duration = Duration::from_millis(5);
 
 const REPLAY_SQL: &str = "SELECT pg_last_wal_replay_lsn()::text";
 
-/// Case-insensitive substring test, run on every Query: memchr finds the candidates
-/// for the first byte, so most of the text is skipped in SIMD steps.
-pub(super) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), hay).any(|i| {
-        hay.get(i + 1..i + 1 + rest.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(rest))
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::contains_ci;
-
     #[test]
     fn a_failed_set_on_a_dropped_connection_is_the_nodes_failure() {
         use super::{node_failure, BackendError, CheckoutError, PoolError};
@@ -625,20 +594,5 @@ mod tests {
         // The client's own bad value for a parameter is its error, on any node.
         assert!(node_failure(&CheckoutError::Params(server("22023"))).is_none());
         assert!(node_failure(&CheckoutError::Canceled).is_none());
-    }
-
-    #[test]
-    fn contains_ci_matches_any_case_and_nothing_else() {
-        assert!(contains_ci(
-            b"SET LOCAL Synchronous_Commit = off",
-            b"synchronous_commit"
-        ));
-        assert!(contains_ci(b"set pgwarden.route = primary", b"pgwarden."));
-        assert!(!contains_ci(
-            b"select synchronous_commi",
-            b"synchronous_commit"
-        ));
-        assert!(!contains_ci(b"select pgwarden", b"pgwarden."));
-        assert!(contains_ci(b"x", b""));
     }
 }

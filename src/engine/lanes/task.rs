@@ -6,12 +6,12 @@
 //! messages would have had (the ParseComplete of an unnamed Parse run as a named
 //! statement) put in.
 
-use super::auto_prepare;
-use super::lane_slow::Why;
-use super::lanes::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
-use super::session::{give_back, Server};
+use super::slow::Why;
+use super::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
 use crate::backend::prepared::PreparedSet;
-use crate::protocol::{messages, Frame};
+use crate::engine::checkout::{give_back, Server};
+use crate::engine::exchange::auto_prepare;
+use crate::protocol::{to_client, to_server, views, Frame};
 use crate::topology::Node;
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -72,7 +72,7 @@ struct Wire {
     stalled: bool,
 }
 
-pub(super) async fn run(
+pub(crate) async fn run(
     lanes: Arc<Lanes>,
     node: Arc<Node>,
     settings: u64,
@@ -284,7 +284,7 @@ fn write(
 ) -> Flight {
     let mut closes = 0;
     for name in stale.drain(..) {
-        auto_prepare::close_named(&name, to_server);
+        to_server::close_statement(to_server, &name);
         closes += 1;
     }
     let mut parse = None;
@@ -292,21 +292,21 @@ fn write(
     if !prepared.touch(name) {
         let name: Arc<str> = name.into();
         if let Some(evicted) = prepared.insert(name.clone()) {
-            auto_prepare::close_named(&evicted, to_server);
+            to_server::close_statement(to_server, &evicted);
             closes += 1;
         }
         req.ensure.put_parse(to_server);
         parse = Some(name);
     }
     to_server.extend_from_slice(&req.msgs);
-    to_server.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+    to_server::sync(to_server);
     let mut out = BytesMut::new();
     if req.shape == Shape::Renamed {
         // The client's Parse: the statement exists (or was just created) under its name.
         // The server's replies are copied in behind it: room for a short read's whole
         // reply up front, not a regrowth per message.
         out.reserve(RENAMED_REPLY);
-        out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+        out.extend_from_slice(&to_client::PARSE_COMPLETE);
     }
     Flight {
         reply: req.reply.take(),
@@ -345,7 +345,7 @@ fn on_server(
         }
         b'n' => !lifted,
         b'E' => {
-            let code = messages::error_fields(&data[5..]).0;
+            let code = views::error_fields(&data[5..]).0;
             let early =
                 f.req.shape.may_fall_back() && !f.bound && auto_prepare::may_fall_back(&code);
             if let Some(name) = f.parse.take() {
@@ -383,10 +383,10 @@ fn finish(lanes: &Lanes, mut f: Flight, ready: BytesMut) {
         // Autocommit reads: the client is idle again, as PostgreSQL would say. The
         // server's own ReadyForQuery says so too, and follows the reply in the read
         // buffer: passing it on joins the two without a copy.
-        if ready[..] == [b'Z', 0, 0, 0, 5, b'I'] {
+        if ready[..] == to_client::READY_IDLE {
             f.out.unsplit(ready);
         } else {
-            f.out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+            f.out.extend_from_slice(&to_client::READY_IDLE);
         }
         lanes.count_served();
         LaneReply::Done(f.out)

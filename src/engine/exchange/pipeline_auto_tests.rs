@@ -3,7 +3,7 @@
 //! (Renamed), and the proxy's own prepares between transactions (Prepare).
 
 use super::*;
-use crate::frontend::auto_prepare;
+use crate::engine::exchange::auto_prepare;
 use crate::router::parameterize::{parameterize, Parameterized};
 
 const READ: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 57203";

@@ -2,14 +2,15 @@
 //! Sync, FunctionCall or Flush), then check out a server. Attached: relay both ways,
 //! batching writes, until the server is idle again and the pool mode lets it go.
 
+use super::checkout::{Server, Session};
 use super::commit::PendingCommit;
+use super::exchange::pipeline::Pipeline;
 use super::lanes::Shape;
-use super::pipeline::Pipeline;
-use super::routing::contains_ci;
-use super::session::{Server, Session};
-use crate::protocol::{messages, sqlstate, Frame};
+use crate::protocol::tags::frontend::PARSE_TAG;
+use crate::protocol::{sqlstate, views, walk, Frame};
 use crate::router::analysis::{Analysis, PinReason, SetStmt, StatementKind};
 use crate::router::parameterize::{parameterize, Parameterized};
+use crate::router::text::contains_ci;
 use bytes::BytesMut;
 use std::collections::VecDeque;
 
@@ -18,22 +19,22 @@ const HIGH_WATER: usize = 64 * 1024;
 
 /// What the attached server still owes, and whether it may go back to the pool.
 #[derive(Default)]
-pub(super) struct Progress {
+pub(crate) struct Progress {
     /// Replies still to come, message by message.
-    pub(super) pipeline: Pipeline,
+    pub(crate) pipeline: Pipeline,
     /// The transaction (or autocommit statement) so far: requests already answered.
-    pub(super) txn: TxnOutcome,
+    pub(crate) txn: TxnOutcome,
     /// What requests sent but not yet answered did, by ordinal (see Pipeline): a
     /// client may pipeline a request behind another, and each counts only once its
     /// own ReadyForQuery arrives.
     ahead: VecDeque<(u64, TxnOutcome)>,
     /// A commit whose position is still to be read.
-    pub(super) commit: Option<PendingCommit>,
+    pub(crate) commit: Option<PendingCommit>,
     /// Writes that ran as sent inside a transaction block because this server lacked
     /// their statements: prepared once it is out of the block (auto_prepare).
     prepare: Vec<(u64, Parameterized)>,
     /// What routing found the routed Query's parameterised form to be (Needed::lifted).
-    pub(super) lifted: Option<Option<Parameterized>>,
+    pub(crate) lifted: Option<Option<Parameterized>>,
     savepoints: SavepointWatch,
     /// An extended-protocol batch was sent without its Sync yet.
     open_batch: bool,
@@ -43,7 +44,7 @@ pub(super) struct Progress {
 }
 
 impl Progress {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Progress {
             status: b'I',
             ..Default::default()
@@ -72,12 +73,12 @@ impl Progress {
     }
 
     /// Nothing in flight and no transaction open: the connection may be reused.
-    pub(super) fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         self.quiet() && self.status == b'I'
     }
 
     /// Nothing in flight, though a transaction may be open.
-    pub(super) fn quiet(&self) -> bool {
+    pub(crate) fn quiet(&self) -> bool {
         self.pipeline.is_empty() && !self.open_batch && !self.copying
     }
 
@@ -86,7 +87,7 @@ impl Progress {
         self.quiet() && self.status == b'T'
     }
 
-    pub(super) fn status(&self) -> u8 {
+    pub(crate) fn status(&self) -> u8 {
         self.status
     }
 
@@ -111,11 +112,11 @@ impl Progress {
     }
 }
 
-pub(super) fn completes_request(tag: u8) -> bool {
+pub(crate) fn completes_request(tag: u8) -> bool {
     matches!(tag, b'Q' | b'S' | b'F' | b'H')
 }
 
-pub(super) fn valid_client_tag(tag: u8) -> bool {
+pub(crate) fn valid_client_tag(tag: u8) -> bool {
     matches!(
         tag,
         b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f' | b'X'
@@ -124,14 +125,14 @@ pub(super) fn valid_client_tag(tag: u8) -> bool {
 
 /// When a request may run again elsewhere after its server failed.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Retry {
+pub(crate) struct Retry {
     /// The server answered "shutting down" (57P01-57P03) first: the request never ran.
     pub going_away: bool,
     /// The connection broke before any answer: only safe for reads.
     pub lost: bool,
 }
 
-pub(super) enum Flow {
+pub(crate) enum Flow {
     /// The server owes nothing and may be released (transaction mode).
     Idle,
     ClientGone,
@@ -144,7 +145,7 @@ pub(super) enum Flow {
 
 /// What the current transaction (or autocommit statement) did and how it ended.
 #[derive(Default)]
-pub(super) struct TxnOutcome {
+pub(crate) struct TxnOutcome {
     /// An error ended the implicit transaction, or aborted the block so far.
     failed: bool,
     /// How the last COMMIT or ROLLBACK reported: a block's outcome is its final one
@@ -212,26 +213,15 @@ impl SavepointWatch {
 
 /// Errors that mean the node is shutting down or restarting, not that the query failed.
 fn node_going_away(body: &[u8]) -> bool {
-    let (code, _) = messages::error_fields(body);
+    let (code, _) = views::error_fields(body);
     matches!(code.as_str(), "57P01" | "57P02" | "57P03")
-}
-
-/// The SQL of a Query or Parse message body.
-fn sql_text(body: &[u8], tag: u8) -> Option<&str> {
-    let body = if tag == b'P' {
-        &body[body.iter().position(|&b| b == 0)? + 1..]
-    } else {
-        body
-    };
-    let end = body.iter().position(|&b| b == 0)?;
-    std::str::from_utf8(&body[..end]).ok()
 }
 
 impl Session {
     /// Relays between client and `server` until the server owes nothing and may go
     /// (`hold` false), the client leaves, or (`retryable`) the server fails before the
     /// client saw any answer, in which case the request can run elsewhere.
-    pub(super) async fn relay(
+    pub(crate) async fn relay(
         &mut self,
         server: &mut Server,
         p: &mut Progress,
@@ -243,7 +233,7 @@ impl Session {
         let flushed_at_start = self.flushed;
         self.statements.attached();
         if let Some(first) = self.send_renamed(first, server, p, &mut to_server) {
-            for frame in split_frames(first) {
+            for frame in walk::split_frames(first) {
                 self.forward(frame, server, p, &mut to_server);
             }
         }
@@ -329,7 +319,7 @@ impl Session {
                                 // now cannot touch a transaction of the client's.
                                 let prepare = std::mem::take(&mut p.prepare);
                                 if !prepare.is_empty() && p.quiet() {
-                                    super::auto_prepare::send_prepares(
+                                    super::exchange::auto_prepare::send_prepares(
                                         &prepare,
                                         &mut server.prepared,
                                         &mut p.pipeline,
@@ -406,7 +396,12 @@ impl Session {
             return Some(first);
         }
         let read = match self.statements.lane_read(&first, &self.shared.parse_cache) {
-            Some(r) if r.shape == Shape::Renamed && super::auto_prepare::eligible(&r.analysis) => r,
+            Some(r)
+                if r.shape == Shape::Renamed
+                    && super::exchange::auto_prepare::eligible(&r.analysis) =>
+            {
+                r
+            }
             _ => return Some(first),
         };
         let ord = p.pipeline.next_ord();
@@ -416,12 +411,12 @@ impl Session {
             staged.wrote = true;
             staged.tables.extend(a.writes().map(|t| t.name.clone()));
         }
-        if sql_text(&read.ensure.1[5..], b'P')
+        if views::sql_of(PARSE_TAG, &read.ensure.1[5..])
             .is_some_and(|q| contains_ci(q.as_bytes(), b"synchronous_commit"))
         {
             staged.may_be_unflushed = true;
         }
-        super::auto_prepare::send_renamed(
+        super::exchange::auto_prepare::send_renamed(
             read,
             first.freeze(),
             &mut server.prepared,
@@ -450,7 +445,7 @@ impl Session {
         // Taken before the frame is queued: the request it is part of.
         let ord = p.pipeline.next_ord();
         let sql = matches!(frame.tag, b'Q' | b'P')
-            .then(|| sql_text(frame.body(), frame.tag))
+            .then(|| views::sql_of(frame.tag, frame.body()))
             .flatten();
         if sql.is_some_and(|q| contains_ci(q.as_bytes(), b"synchronous_commit")) {
             p.staged(ord).may_be_unflushed = true;
@@ -471,18 +466,23 @@ impl Session {
         // result run there prepared, and only once this server has their statement.
         let lifted = match (&query, sql) {
             (Some(a), Some(sql))
-                if self.config.pool.auto_prepare && super::auto_prepare::eligible(a) =>
+                if self.config.pool.auto_prepare && super::exchange::auto_prepare::eligible(a) =>
             {
                 if p.idle() {
                     lift(sql).map(|l| (l, true))
-                } else if p.in_block() && super::auto_prepare::eligible_in_block(a, sql) {
+                } else if p.in_block() && super::exchange::auto_prepare::eligible_in_block(a, sql) {
                     lift(sql).and_then(|l| {
-                        let id = super::auto_prepare::id_of(&l);
-                        if server.prepared.touch(&super::auto_prepare::name(id)) {
+                        let id = super::exchange::auto_prepare::id_of(&l);
+                        if server
+                            .prepared
+                            .touch(&super::exchange::auto_prepare::name(id))
+                        {
                             return Some((l, false));
                         }
                         let known = p.prepare.iter().any(|(k, _)| *k == id);
-                        if !known && p.prepare.len() < super::auto_prepare::PREPARES_PER_IDLE {
+                        if !known
+                            && p.prepare.len() < super::exchange::auto_prepare::PREPARES_PER_IDLE
+                        {
                             p.prepare.push((id, l));
                         }
                         None
@@ -494,12 +494,12 @@ impl Session {
             _ => None,
         };
         let bound = (frame.tag == b'B')
-            .then(|| bound_statement(frame.body()))
+            .then(|| views::BindView::new(frame.body()))
             .flatten()
-            .and_then(|name| self.statements.analysis_of(name));
+            .and_then(|b| self.statements.analysis_of(b.statement));
         let parsed = match lifted {
             Some((lifted, rerunnable)) => {
-                super::auto_prepare::send(
+                super::exchange::auto_prepare::send(
                     frame,
                     &lifted,
                     &mut server.prepared,
@@ -546,26 +546,6 @@ impl Session {
             .await;
         anyhow::anyhow!(msg)
     }
-}
-
-/// Splits a buffer of whole client messages back into frames.
-pub(super) fn split_frames(mut buf: BytesMut) -> impl Iterator<Item = Frame> {
-    std::iter::from_fn(move || {
-        if buf.len() < 5 {
-            return None;
-        }
-        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        let data = buf.split_to((len + 1).min(buf.len()));
-        Some(Frame { tag: data[0], data })
-    })
-}
-
-/// The statement name of a Bind body (after the portal name).
-fn bound_statement(body: &[u8]) -> Option<&[u8]> {
-    let p = body.iter().position(|&b| b == 0)?;
-    let rest = &body[p + 1..];
-    let s = rest.iter().position(|&b| b == 0)?;
-    Some(&rest[..s])
 }
 
 #[cfg(test)]

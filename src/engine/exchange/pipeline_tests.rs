@@ -4,7 +4,7 @@
 //! pipeline_flow_tests.rs; auto-prepared and renamed requests in pipeline_auto_tests.rs.
 
 use super::*;
-use crate::frontend::statements::ClientStatements;
+use crate::engine::exchange::statements::ClientStatements;
 use crate::protocol::Frame;
 use crate::router::parse_cache::ParseCache;
 

@@ -1,16 +1,16 @@
 //! One client from login to disconnect: authentication, server parameters, then the
 //! request loop that buffers each request until it is complete before a checkout.
 
-use super::auth::{self, AuthUser};
-use super::cancel::{CancelSlot, CancelTarget};
 use super::commit::SessionClock;
-use super::statements::ClientStatements;
+use super::exchange::statements::ClientStatements;
 use crate::backend::conn::quote_literal;
 use crate::backend::pool::ServerPool;
 use crate::backend::pool::{touch, Manager, PoolEntry};
 use crate::backend::{BackendError, ConnectSpec};
 use crate::config::{Config, ConsistencyMode, PoolMode, ResolvedUser};
-use crate::protocol::{messages, sqlstate, FrameError, FramedStream, Stream};
+use crate::frontend::auth::{self, AuthUser};
+use crate::frontend::cancel::{CancelSlot, CancelTarget};
+use crate::protocol::{sqlstate, to_client, FrameError, FramedStream, Stream};
 use crate::router::analysis::PinReason;
 use crate::router::plan::{Route, RouteOverride};
 use crate::state::Shared;
@@ -23,13 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub(super) type Server = Object<Manager>;
+pub(crate) type Server = Object<Manager>;
 
 /// Startup parameters that are session state, not connection identity; they are
 /// replayed on whichever server connection the client lands on.
 const NOT_REPLAYED: &[&str] = &["user", "database", "replication", "options"];
 
-pub(super) struct Session {
+pub(crate) struct Session {
     pub client: FramedStream,
     pub shared: Arc<Shared>,
     /// The config in force, taken again at the start of each request.
@@ -126,7 +126,9 @@ async fn open(
     match authed {
         Ok(Ok(())) => {}
         Ok(Err(f)) => {
-            let _ = client.write_all(&messages::fatal(f.code, &f.message)).await;
+            let _ = client
+                .write_all(&to_client::fatal(f.code, &f.message))
+                .await;
             let _ = client.flush().await;
             metrics::counter!("pgwarden_auth_failures_total").increment(1);
             anyhow::bail!("authentication of {user_name:?} failed: {}", f.message);
@@ -156,11 +158,11 @@ async fn open(
         .into_iter()
         .filter(|(k, _)| !NOT_REPLAYED.contains(&k.as_str()))
         .collect();
-    match super::options::settings(&options) {
+    match crate::frontend::options::settings(&options) {
         Ok(settings) => startup_params.extend(settings),
         Err(msg) => {
             let _ = client
-                .write_all(&messages::fatal(sqlstate::PROTOCOL_VIOLATION, &msg))
+                .write_all(&to_client::fatal(sqlstate::PROTOCOL_VIOLATION, &msg))
                 .await;
             let _ = client.flush().await;
             anyhow::bail!("startup options: {msg}");
@@ -236,7 +238,7 @@ impl Session {
             }
         };
         let mut out = BytesMut::new();
-        messages::auth(&mut out, &pgwire::messages::startup::Authentication::Ok);
+        to_client::auth(&mut out, &pgwire::messages::startup::Authentication::Ok);
         for (name, value) in &server_params {
             let value = self
                 .startup_params
@@ -244,10 +246,10 @@ impl Session {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v)
                 .unwrap_or(value);
-            messages::parameter_status(&mut out, name, value);
+            to_client::parameter_status(&mut out, name, value);
         }
-        messages::backend_key_data(&mut out, pid, secret);
-        messages::ready_for_query(&mut out, b'I');
+        to_client::backend_key_data(&mut out, pid, secret);
+        to_client::ready_for_query(&mut out, b'I');
         self.client.write_all(&out).await?;
         self.client.flush().await?;
         Ok(server)
@@ -255,21 +257,21 @@ impl Session {
 
     /// Takes the config in force for the next request: one pointer compare while it
     /// has not changed. (Pool mode and consistency mode stay those of the login.)
-    pub(super) fn refresh_config(&mut self) {
+    pub(crate) fn refresh_config(&mut self) {
         if !self.shared.config_is(&self.config) {
             self.config = self.shared.config_arc();
         }
     }
 
     /// Checks out a server connection and brings it to this client's parameters.
-    pub(super) async fn checkout(&mut self) -> Result<Server, CheckoutError> {
+    pub(crate) async fn checkout(&mut self) -> Result<Server, CheckoutError> {
         let pool = self.pool.pool.clone();
         self.checkout_from(&pool).await
     }
 
     /// Checks out a server connection for this client's request: a cancel from the
     /// client goes to it from now on.
-    pub(super) async fn checkout_from(
+    pub(crate) async fn checkout_from(
         &mut self,
         pool: &ServerPool,
     ) -> Result<Server, CheckoutError> {
@@ -281,7 +283,7 @@ impl Session {
     /// Checks out a server connection without pointing the client's cancel at it: for
     /// the proxy's own use of it (a replay probe, a lane), or before the request is
     /// sure to run there.
-    pub(super) async fn checkout_unwatched(
+    pub(crate) async fn checkout_unwatched(
         &mut self,
         pool: &ServerPool,
     ) -> Result<Server, CheckoutError> {
@@ -323,7 +325,7 @@ impl Session {
     }
 
     /// A cancel from the client goes to `server` from now on.
-    pub(super) fn cancel_goes_to(&self, server: &Server) {
+    pub(crate) fn cancel_goes_to(&self, server: &Server) {
         *self.cancel.lock().expect("cancel slot lock") = Some(CancelTarget::Server {
             addr: server.addr.clone(),
             pid: server.pid,
@@ -347,7 +349,7 @@ impl Session {
     /// outer one, whose caller may not see the inner one's result (a probe's checkout).
     /// `work` is pinned by the caller: moved in, a pool checkout would be held twice in
     /// this future (argument and select), kilobytes copied per request.
-    pub(super) async fn answering_cancel<T>(
+    pub(crate) async fn answering_cancel<T>(
         &self,
         work: Pin<&mut impl Future<Output = T>>,
     ) -> Option<T> {
@@ -372,19 +374,19 @@ impl Session {
     /// Makes the session itself this client's cancel target until `stop_answering_cancel`
     /// (or a checkout for the request) replaces it; a cancel meanwhile leaves a permit in
     /// the returned Notify.
-    pub(super) fn answer_cancel(&self) -> Arc<Notify> {
+    pub(crate) fn answer_cancel(&self) -> Arc<Notify> {
         let cancelled = Arc::new(Notify::new());
         *self.cancel.lock().expect("cancel slot lock") =
             Some(CancelTarget::Session(cancelled.clone()));
         cancelled
     }
 
-    pub(super) fn stop_answering_cancel(&self) {
+    pub(crate) fn stop_answering_cancel(&self) {
         *self.cancel.lock().expect("cancel slot lock") = None;
     }
 
     /// Gives a server connection back (or discards it when its state is unknown).
-    pub(super) async fn release(&mut self, mut server: Server, reset: bool) {
+    pub(crate) async fn release(&mut self, mut server: Server, reset: bool) {
         if reset && !server.broken {
             // Session mode hands a connection to an unrelated client next.
             // Boxed: rare, and every request's future would otherwise carry its state.
@@ -398,26 +400,26 @@ impl Session {
 
     /// The client no longer uses `server`: its cancel key stops pointing there, and the
     /// server goes back to its pool (or is discarded when its state is unknown).
-    pub(super) fn let_go(&mut self, server: Server) {
+    pub(crate) fn let_go(&mut self, server: Server) {
         *self.cancel.lock().expect("cancel slot lock") = None;
         give_back(server);
     }
 
-    pub(super) async fn send_error(
+    pub(crate) async fn send_error(
         &mut self,
         severity: &str,
         code: &str,
         message: &str,
         ready: bool,
     ) -> std::io::Result<()> {
-        messages::error(&mut self.out, severity, code, message);
+        to_client::error(&mut self.out, severity, code, message);
         if ready {
-            messages::ready_for_query(&mut self.out, b'I');
+            to_client::ready_for_query(&mut self.out, b'I');
         }
         self.flush_out().await
     }
 
-    pub(super) async fn flush_out(&mut self) -> std::io::Result<()> {
+    pub(crate) async fn flush_out(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             self.flushed += self.out.len() as u64;
             self.client.write_all(&self.out).await?;
@@ -428,7 +430,7 @@ impl Session {
     }
 
     /// Reports a client framing error the way PostgreSQL would, then gives up.
-    pub(super) async fn frame_error(&mut self, e: FrameError) -> anyhow::Error {
+    pub(crate) async fn frame_error(&mut self, e: FrameError) -> anyhow::Error {
         if let FrameError::BadLength { len, limit } = e {
             let msg = format!(
                 "invalid message length {len} (limit {limit}, see limits.max_message_bytes)"
@@ -443,7 +445,7 @@ impl Session {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(super) enum CheckoutError {
+pub(crate) enum CheckoutError {
     #[error("{0}")]
     Pool(PoolError<BackendError>),
     #[error("applying session parameters: {0}")]
@@ -486,12 +488,12 @@ impl CheckoutError {
 
 /// The connection served an earlier request and was handed out again after the pool's
 /// idle check; a server that dropped it after that check looks healthy until it is used.
-pub(super) fn pooled(server: &Server) -> bool {
+pub(crate) fn pooled(server: &Server) -> bool {
     Object::metrics(server).recycle_count > 0
 }
 
 /// Returns a server to its pool, or discards it when its state is unknown.
-pub(super) fn give_back(mut server: Server) {
+pub(crate) fn give_back(mut server: Server) {
     if server.broken {
         let _ = Object::take(server);
         return;
@@ -502,6 +504,6 @@ pub(super) fn give_back(mut server: Server) {
 fn login_error(e: &CheckoutError) -> BytesMut {
     match e.client_message() {
         (_, _, Some(raw)) => raw,
-        (code, message, None) => messages::fatal(&code, &message),
+        (code, message, None) => to_client::fatal(&code, &message),
     }
 }

@@ -4,10 +4,13 @@
 
 use super::pipeline::{Expect, Pipeline};
 use crate::backend::prepared::PreparedSet;
-use crate::protocol::Frame;
+use crate::protocol::tags::frontend::BIND_TAG;
+use crate::protocol::to_server::splice;
+use crate::protocol::views::cstr;
+use crate::protocol::{walk, Frame};
 use crate::router::analysis::Analysis;
 use crate::router::parse_cache::ParseCache;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -37,32 +40,14 @@ struct Statements {
     lane_renamed: Option<(Arc<Stmt>, Arc<str>, Bytes)>,
 }
 
-/// Splits a NUL-terminated string off the front of `b`.
-fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = b.iter().position(|&c| c == 0)?;
-    Some((&b[..end], &b[end + 1..]))
-}
-
 fn message(tag: u8, parts: &[&[u8]]) -> BytesMut {
-    message_with_room(tag, parts, 0)
-}
-
-/// `message`, in a buffer with room for `more` bytes to follow it.
-fn message_with_room(tag: u8, parts: &[&[u8]], more: usize) -> BytesMut {
-    let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
-    let mut m = BytesMut::with_capacity(len + 1 + more);
-    m.put_u8(tag);
-    m.put_u32(len as u32);
-    for p in parts {
-        m.put_slice(p);
-    }
-    m
+    splice(tag, parts, 0)
 }
 
 /// A Bind of the unnamed portal to statement `name`, in a buffer with room for the
 /// `more` bytes of Describe, Execute and Sync that follow it.
 fn bind(name: &[u8], tail: &[u8], more: usize) -> BytesMut {
-    message_with_room(b'B', &[b"\0", name, b"\0", tail], more)
+    splice(BIND_TAG, &[b"\0", name, b"\0", tail], more)
 }
 
 fn server_name_for(body_after_name: &[u8]) -> Arc<str> {
@@ -153,10 +138,10 @@ impl ClientStatements {
 
 /// An extended-protocol read a shared lane can run: the statement it needs on the
 /// lane's server, its messages (statement renamed) up to its Sync, and what it runs.
-pub(super) struct LaneRead {
+pub(crate) struct LaneRead {
     pub ensure: (Arc<str>, Bytes),
     pub msgs: BytesMut,
-    pub shape: super::lanes::Shape,
+    pub shape: crate::engine::lanes::Shape,
     pub analysis: Arc<Analysis>,
     /// Names the statement, for the lanes' record of slow ones.
     pub key: u64,
@@ -169,18 +154,18 @@ impl ClientStatements {
     /// the lane's connection keeps, so PostgreSQL parses it once per connection, not per
     /// request. Anything else (a named Parse, a Describe of a statement, an unknown name)
     /// is served the usual way.
-    pub(super) fn lane_read(&mut self, req: &[u8], cache: &ParseCache) -> Option<LaneRead> {
+    pub(crate) fn lane_read(&mut self, req: &[u8], cache: &ParseCache) -> Option<LaneRead> {
         let mut msgs = BytesMut::new();
         let mut parsed: Option<Arc<Stmt>> = None;
         // What the Bind runs; its messages are filled in at the Sync.
         let mut read: Option<LaneRead> = None;
         let mut executed = false;
-        let mut rest = req;
-        while rest.len() >= 5 {
-            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-            let frame = rest.get(..len + 1)?;
-            let (tag, body) = (frame[0], &frame[5..]);
-            rest = &rest[len + 1..];
+        let mut at = 0;
+        for m in walk::messages(req) {
+            let (tag, body, frame) = (m.tag, m.body(), m.bytes);
+            // What follows this message in the request.
+            at += frame.len();
+            let rest = &req[at..];
             match tag {
                 b'P' if read.is_none() && parsed.is_none() => {
                     let (name, after) = cstr(body)?;
@@ -227,7 +212,7 @@ impl ClientStatements {
                             key: hash(server_name.as_bytes()),
                             ensure: (server_name, parse),
                             msgs: BytesMut::new(),
-                            shape: super::lanes::Shape::Renamed,
+                            shape: crate::engine::lanes::Shape::Renamed,
                             analysis: p.analysis.clone(),
                         }
                     } else {
@@ -236,7 +221,7 @@ impl ClientStatements {
                         LaneRead {
                             ensure: (s.server_name.clone(), s.parse.clone()),
                             msgs: BytesMut::new(),
-                            shape: super::lanes::Shape::AsSent,
+                            shape: crate::engine::lanes::Shape::AsSent,
                             analysis: s.analysis.clone(),
                             key: hash(s.server_name.as_bytes()),
                         }
@@ -256,7 +241,7 @@ impl ClientStatements {
                         // The client's unnamed statement, for a later Bind that lands on
                         // a server connection without it.
                         let s = self.0.get_or_insert_with(Box::default);
-                        if read.shape == super::lanes::Shape::Renamed {
+                        if read.shape == crate::engine::lanes::Shape::Renamed {
                             let (name, parse) = &read.ensure;
                             s.lane_renamed = Some((p.clone(), name.clone(), parse.clone()));
                         }

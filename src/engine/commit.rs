@@ -4,7 +4,7 @@
 //! client, fleet hold) is asked itself; in transaction mode the pool's sampler answers
 //! in the background, one query for every commit waiting.
 
-use super::session::{Server, Session};
+use super::checkout::{Server, Session};
 use crate::config::LagSource;
 use crate::consistency::bus::TableWrite;
 use crate::consistency::clock::UNREACHABLE;
@@ -31,7 +31,7 @@ const INSERTED_SQL: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
 /// A session's read-your-writes position, shared with the captures it left running.
 #[derive(Default)]
-pub(super) struct SessionClock {
+pub(crate) struct SessionClock {
     last: AtomicU64,
     /// Captures not finished: until they are, the session's position is unknown.
     in_flight: AtomicUsize,
@@ -43,7 +43,7 @@ impl SessionClock {
     /// The position a replica must have replayed for this session's reads; UNREACHABLE
     /// while a capture runs, and for `max_lag_ms` after one failed (long enough for any
     /// replica within the lag budget to have replayed the write).
-    pub(super) fn position(&self, max_lag_ms: u64) -> u64 {
+    pub(crate) fn position(&self, max_lag_ms: u64) -> u64 {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return UNREACHABLE;
         }
@@ -98,7 +98,7 @@ impl Drop for InFlight {
 
 /// A commit acknowledged to the client whose position is still to be read.
 #[derive(Default)]
-pub(super) struct PendingCommit {
+pub(crate) struct PendingCommit {
     tables: Vec<String>,
     /// Its record may not be flushed yet (see INSERTED_SQL).
     may_be_unflushed: bool,
@@ -106,7 +106,7 @@ pub(super) struct PendingCommit {
 }
 
 /// What a capture needs once the session has moved on.
-pub(super) struct CaptureTarget {
+pub(crate) struct CaptureTarget {
     shared: Arc<Shared>,
     database: String,
 }
@@ -114,7 +114,7 @@ pub(super) struct CaptureTarget {
 impl Session {
     /// The server acknowledged a commit that wrote: until its position is known, no
     /// replica is safe for its tables, nor for this session's reads.
-    pub(super) fn commit_acknowledged(
+    pub(crate) fn commit_acknowledged(
         &mut self,
         tables: Vec<String>,
         may_be_unflushed: bool,
@@ -136,7 +136,7 @@ impl Session {
 
     /// Reads the commit position on `server` and records it, before anything else runs
     /// on this connection.
-    pub(super) async fn capture_commit(
+    pub(crate) async fn capture_commit(
         &mut self,
         server: &mut Server,
         pending: PendingCommit,
@@ -148,7 +148,7 @@ impl Session {
     /// Gives the idle server back at once and has the position read by the pool's
     /// sampler (one query serves all commits waiting for it): the session goes on with
     /// its next request meanwhile.
-    pub(super) fn capture_detached(&mut self, server: Server, pending: PendingCommit) {
+    pub(crate) fn capture_detached(&mut self, server: Server, pending: PendingCommit) {
         self.let_go(server);
         let target = self.capture_target();
         if target.shared.config().consistency.lag_source == LagSource::Aurora {

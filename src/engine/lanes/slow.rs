@@ -16,7 +16,7 @@ const FIRST_PENALTY: Duration = Duration::from_secs(1);
 const MAX_PENALTY: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
-pub(super) struct SlowStatements {
+pub(crate) struct SlowStatements {
     // Held only to look up or record, never across an await.
     record: Mutex<Record>,
     /// How many statements are off lanes now: while none, reads skip the lock.
@@ -32,7 +32,7 @@ struct Record {
     past: HashMap<u64, (Instant, Duration)>,
 }
 
-pub(super) enum Why {
+pub(crate) enum Why {
     /// It ran past the lane's slow threshold.
     Slow,
     /// Its reply outgrew what a lane holds.
@@ -42,7 +42,7 @@ pub(super) enum Why {
 impl SlowStatements {
     /// Keeps `key` off lanes from `now`; returns for how long, or None when it is off
     /// already (reads queued behind a slow one are the same episode: nothing changes).
-    pub(super) fn mark(&self, key: u64, why: Why, now: Instant) -> Option<Duration> {
+    pub(crate) fn mark(&self, key: u64, why: Why, now: Instant) -> Option<Duration> {
         let mut r = self.record.lock().expect("slow statements lock");
         if r.off.get(&key).is_some_and(|until| now < *until) {
             return None;
@@ -68,7 +68,7 @@ impl SlowStatements {
     }
 
     /// Whether `key` is off lanes at `now`.
-    pub(super) fn is_off(&self, key: u64, now: Instant) -> bool {
+    pub(crate) fn is_off(&self, key: u64, now: Instant) -> bool {
         if self.off_now.load(Ordering::Relaxed) == 0 {
             return false;
         }
@@ -85,7 +85,7 @@ impl SlowStatements {
     }
 
     /// Statements seen slow and still remembered.
-    pub(super) fn remembered(&self) -> usize {
+    pub(crate) fn remembered(&self) -> usize {
         self.record.lock().expect("slow statements lock").past.len()
     }
 }

@@ -7,17 +7,17 @@
 use super::pipeline::{Expect, Pipeline};
 use super::statements::LaneRead;
 use crate::backend::prepared::PreparedSet;
-use crate::protocol::Frame;
+use crate::protocol::{to_server, Frame};
 use crate::router::analysis::{Analysis, StatementKind};
 use crate::router::parameterize::Parameterized;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 use std::sync::Arc;
 
 /// Whether the analysis allows running the Query as a prepared statement: one SELECT,
 /// INSERT, UPDATE or DELETE that changes no session state.
-pub(super) fn eligible(a: &Analysis) -> bool {
+pub(crate) fn eligible(a: &Analysis) -> bool {
     use StatementKind::*;
     matches!(a.statements.as_slice(),
         [s] if matches!(s.kind, Select | Insert | Update | Delete) && s.pins.is_none() && s.set.is_none())
@@ -25,7 +25,7 @@ pub(super) fn eligible(a: &Analysis) -> bool {
 
 /// A server statement name, `pgw_q` and 16 hex digits, without allocating.
 #[derive(Clone, Copy)]
-pub(super) struct Name([u8; 21]);
+pub(crate) struct Name([u8; 21]);
 
 impl Deref for Name {
     type Target = str;
@@ -34,7 +34,7 @@ impl Deref for Name {
     }
 }
 
-pub(super) fn name(id: u64) -> Name {
+pub(crate) fn name(id: u64) -> Name {
     let mut b = *b"pgw_q0000000000000000";
     for (i, d) in b[5..].iter_mut().enumerate() {
         let nibble = (id >> (60 - 4 * i)) & 0xf;
@@ -43,97 +43,50 @@ pub(super) fn name(id: u64) -> Name {
     Name(b)
 }
 
-pub(super) fn id_of(p: &Parameterized) -> u64 {
+pub(crate) fn id_of(p: &Parameterized) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     p.sql.hash(&mut h);
     p.types.hash(&mut h);
     h.finish()
 }
 
-/// Appends one message, its length filled in after `body` wrote it.
-fn put_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    let start = out.len();
-    out.put_u8(tag);
-    out.put_u32(0);
-    body(out);
-    let len = (out.len() - start - 1) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-}
-
-fn put_cstr(out: &mut BytesMut, s: &[u8]) {
-    out.put_slice(s);
-    out.put_u8(0);
-}
-
 /// Notes `name` as prepared on this connection; the statement evicted for room, if
 /// any, is closed (its CloseComplete hidden). The caller sends the Parse.
-pub(super) fn add_statement(
+pub(crate) fn add_statement(
     name: Arc<str>,
     prepared: &mut PreparedSet,
     pipeline: &mut Pipeline,
     to_server: &mut BytesMut,
 ) {
     if let Some(evicted) = prepared.insert(name) {
-        close_named(&evicted, to_server);
+        to_server::close_statement(to_server, &evicted);
         pipeline.push(Expect::Close { hide: true });
     }
-}
-
-/// Closes the server statement `name`.
-pub(super) fn close_named(name: &str, out: &mut BytesMut) {
-    put_message(out, b'C', |m| {
-        m.put_u8(b'S');
-        put_cstr(m, name.as_bytes());
-    });
-}
-
-/// Asks the server to send what it has queued.
-pub(super) fn flush(out: &mut BytesMut) {
-    put_message(out, b'H', |_| {});
 }
 
 /// Errors after which the client's Query is run as sent instead: those that are about
 /// the statement. Not a cancel, a shutdown or a broken connection (57, 08), nor a lack
 /// of resources or a system error (53, 58, XX): those the client must see.
-pub(super) fn may_fall_back(code: &str) -> bool {
+pub(crate) fn may_fall_back(code: &str) -> bool {
     !["57", "08", "53", "58", "XX"]
         .iter()
         .any(|c| code.starts_with(c))
 }
 
 /// The Parse that creates the server statement `name` for `p`.
-pub(super) fn put_parse(name: &str, p: &Parameterized, to_server: &mut BytesMut) {
-    put_message(to_server, b'P', |m| {
-        put_cstr(m, name.as_bytes());
-        put_cstr(m, p.sql.as_bytes());
-        m.put_i16(p.types.len() as i16);
-        for t in &p.types {
-            m.put_u32(*t);
-        }
-    });
+pub(crate) fn put_parse(name: &str, p: &Parameterized, to_server: &mut BytesMut) {
+    to_server::parse(to_server, name, &p.sql, &p.types);
 }
 
 /// Bind (the literals of the Query body `sql`, in text), Describe and Execute of the
 /// server statement `name`: what the simple protocol would have run, without Sync.
-pub(super) fn put_execute(name: &str, p: &Parameterized, sql: &[u8], to_server: &mut BytesMut) {
+pub(crate) fn put_execute(name: &str, p: &Parameterized, sql: &[u8], to_server: &mut BytesMut) {
     // All three messages at once: values are slices of `sql`, each with a 4-byte length.
     to_server.reserve(32 + name.len() + sql.len() + 4 * p.values.len());
-    put_message(to_server, b'B', |m| {
-        put_cstr(m, b"");
-        put_cstr(m, name.as_bytes());
-        m.put_i16(0); // every parameter in text
-        m.put_i16(p.values.len() as i16);
-        for v in &p.values {
-            m.put_i32(v.len() as i32);
-            m.put_slice(&sql[v.clone()]);
-        }
-        m.put_i16(0); // every column in text, as the simple protocol sends them
-    });
-    put_message(to_server, b'D', |m| put_cstr(m, b"P"));
-    put_message(to_server, b'E', |m| {
-        put_cstr(m, b"");
-        m.put_i32(0);
-    });
+    // Every parameter and every column in text, as the simple protocol sends them.
+    to_server::bind(to_server, name, sql, &p.values, 0);
+    to_server::describe_portal(to_server);
+    to_server::execute(to_server);
 }
 
 /// Whether a Query inside a transaction block may run as a statement the server keeps:
@@ -141,17 +94,17 @@ pub(super) fn put_execute(name: &str, p: &Parameterized, sql: &[u8], to_server: 
 /// "cached plan must not change result type", the one error a kept statement gives
 /// that the Query as sent would not; an error there aborts the block, so the Query
 /// could not run again as sent.
-pub(super) fn eligible_in_block(a: &Analysis, sql: &str) -> bool {
+pub(crate) fn eligible_in_block(a: &Analysis, sql: &str) -> bool {
     use StatementKind::*;
     matches!(a.statements.as_slice(), [s] if matches!(s.kind, Insert | Update | Delete))
-        && !super::routing::contains_ci(sql.as_bytes(), b"returning")
+        && !crate::router::text::contains_ci(sql.as_bytes(), b"returning")
 }
 
 /// Sends the Query in `frame` as [Parse] Bind Describe Execute Sync of the statement for
 /// `p`, preparing it first if this server connection lacks it. `rerunnable`: outside a
 /// transaction block, so an error before it executes may be answered by running the
 /// Query as sent.
-pub(super) fn send(
+pub(crate) fn send(
     frame: Frame,
     p: &Parameterized,
     prepared: &mut PreparedSet,
@@ -167,7 +120,7 @@ pub(super) fn send(
         put_parse(&name, p, to_server);
     }
     put_execute(&name, p, frame.body(), to_server);
-    put_message(to_server, b'S', |_| {});
+    to_server::sync(to_server);
     pipeline.push(Expect::AutoQuery {
         ord: 0,
         id,
@@ -181,14 +134,14 @@ pub(super) fn send(
 
 /// Most statements prepared between two transactions (also bounded by the connection's
 /// `pool.prepared_statements_per_server`).
-pub(super) const PREPARES_PER_IDLE: usize = 8;
+pub(crate) const PREPARES_PER_IDLE: usize = 8;
 
 /// Prepares, once the server is out of any transaction, the statements of writes that
 /// ran as sent inside one because this connection lacked them: the next transaction
 /// here runs them prepared. Replies, a failed Parse included, are hidden. Closes of
 /// statements evicted for room go first: they cannot fail, so a failed Parse (after
 /// which the server skips to the Sync) skips none of them.
-pub(super) fn send_prepares(
+pub(crate) fn send_prepares(
     lifted: &[(u64, Parameterized)],
     prepared: &mut PreparedSet,
     pipeline: &mut Pipeline,
@@ -214,7 +167,7 @@ pub(super) fn send_prepares(
     for name in names {
         pipeline.push(Expect::Prepare { name });
     }
-    put_message(to_server, b'S', |_| {});
+    to_server::sync(to_server);
     pipeline.push(Expect::PrepareSync);
 }
 
@@ -222,7 +175,7 @@ pub(super) fn send_prepares(
 /// Execute Sync of the server statement named after its text, preparing it first if
 /// this server connection lacks it. The same statement serves every client that sends
 /// that text, and the lanes.
-pub(super) fn send_renamed(
+pub(crate) fn send_renamed(
     read: LaneRead,
     request: Bytes,
     prepared: &mut PreparedSet,
@@ -236,7 +189,7 @@ pub(super) fn send_renamed(
         to_server.extend_from_slice(&parse);
     }
     to_server.extend_from_slice(&read.msgs);
-    put_message(to_server, b'S', |_| {});
+    to_server::sync(to_server);
     pipeline.push(Expect::Renamed {
         ord: 0,
         name,

@@ -6,20 +6,23 @@
 //! it when reads overlap, so by default a read takes one only while the replica is
 //! already busy; statements seen slow on a lane stay off lanes.
 
-use super::auto_prepare;
-use super::counters::ReadDecision;
-use super::lane_slow::{SlowStatements, Why};
-use super::routing::Needed;
-use super::session::{give_back, Server, Session};
+mod slow;
+mod task;
+
+use crate::admin::counters::ReadDecision;
 use crate::config::{MultiplexReads, PoolMode};
 use crate::consistency::LagBudget;
-use crate::protocol::{messages, sqlstate};
+use crate::engine::checkout::{give_back, Server, Session};
+use crate::engine::exchange::auto_prepare;
+use crate::engine::plan::Needed;
+use crate::protocol::{sqlstate, to_client};
 use crate::router::analysis::Analysis;
 use crate::router::parameterize::{parameterize, Parameterized};
 use crate::router::plan::{Plan, Route};
 use crate::topology::balancer::Draw;
 use crate::topology::{choose, Choice, Node};
 use bytes::{Bytes, BytesMut};
+use slow::{SlowStatements, Why};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +37,7 @@ const MAX_LANES_PER_NODE: usize = 4;
 const BUSY_WINDOW: Duration = Duration::from_millis(100);
 
 /// The statement a lane's server must have before it runs a request.
-pub(super) enum Ensure {
+pub(crate) enum Ensure {
     /// A simple Query's lifted form (see auto_prepare).
     Lifted {
         name: auto_prepare::Name,
@@ -45,7 +48,7 @@ pub(super) enum Ensure {
 }
 
 /// One read for a lane.
-pub(super) struct LaneRequest {
+pub(crate) struct LaneRequest {
     pub ensure: Ensure,
     /// The request's messages, without Sync.
     pub msgs: BytesMut,
@@ -58,7 +61,7 @@ pub(super) struct LaneRequest {
 
 /// How the request the lane runs differs from what the client sent.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Shape {
+pub(crate) enum Shape {
     /// As sent (statement names aside).
     AsSent,
     /// A simple Query run as Bind/Describe/Execute of a prepared statement: BindComplete
@@ -73,12 +76,12 @@ pub(super) enum Shape {
 
 impl Shape {
     /// An error before BindComplete may be the lane's doing, not the client's.
-    pub(super) fn may_fall_back(self) -> bool {
+    pub(crate) fn may_fall_back(self) -> bool {
         self != Shape::AsSent
     }
 }
 
-pub(super) enum LaneReply {
+pub(crate) enum LaneReply {
     /// The client's reply, ReadyForQuery included.
     Done(BytesMut),
     /// Run the client's Query as sent, the usual way.
@@ -86,7 +89,7 @@ pub(super) enum LaneReply {
 }
 
 /// What sessions see of a running lane.
-pub(super) struct LaneState {
+pub(crate) struct LaneState {
     /// The read at the head has run long (see lane_task): new reads keep off the lane
     /// until it ends.
     pub stalled: AtomicBool,
@@ -181,7 +184,7 @@ impl Lanes {
             tx: tx.clone(),
             state: state.clone(),
         });
-        tokio::spawn(super::lane_task::run(
+        tokio::spawn(task::run(
             self.clone(),
             node.clone(),
             settings,
@@ -197,7 +200,7 @@ impl Lanes {
         self.served.load(Ordering::Relaxed)
     }
 
-    pub(super) fn count_served(&self) {
+    pub(crate) fn count_served(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -210,7 +213,7 @@ impl Lanes {
         self.len() == 0
     }
 
-    pub(super) fn close(&self, node: &str, settings: u64) {
+    pub(crate) fn close(&self, node: &str, settings: u64) {
         let mut map = self.map.lock().expect("lanes lock");
         map.retain(|l| !(l.node == node && l.settings == settings));
     }
@@ -220,13 +223,13 @@ impl Lanes {
         self.epoch.elapsed().as_micros() as u64 + 1
     }
 
-    pub(super) fn slow_after(&self) -> Duration {
+    pub(crate) fn slow_after(&self) -> Duration {
         self.slow_after
     }
 
     /// A statement ran long on a lane (see lane_task): for a while (see lane_slow) it
     /// runs the usual way, where it delays nobody else's read.
-    pub(super) fn mark_slow(&self, key: u64, why: Why) {
+    pub(crate) fn mark_slow(&self, key: u64, why: Why) {
         if let Some(off) = self.slow.mark(key, why, Instant::now()) {
             tracing::debug!(
                 key,
@@ -254,7 +257,7 @@ impl Session {
     /// of one statement), from a client in transaction pooling and not pinned, on a
     /// replica that has replayed what it needs. Returns the reply, or None to serve it
     /// the usual way (nothing has reached the client then).
-    pub(super) async fn lane_read(
+    pub(crate) async fn lane_read(
         &mut self,
         plan: &Plan,
         needed: &mut Needed,
@@ -340,7 +343,7 @@ impl Session {
                 }
                 let lifted = match lift.take().flatten() {
                     Some(l) => l,
-                    None => parameterize(super::routing::sql_of(b'Q', body)?)?,
+                    None => parameterize(crate::protocol::views::sql_of(b'Q', body)?)?,
                 };
                 let key = auto_prepare::id_of(&lifted);
                 let name = auto_prepare::name(key);
@@ -381,13 +384,13 @@ impl Session {
             Some(reply) => reply.ok(),
             None => {
                 let mut out = BytesMut::new();
-                messages::error(
+                to_client::error(
                     &mut out,
                     "ERROR",
                     sqlstate::QUERY_CANCELED,
                     "canceling statement due to user request",
                 );
-                messages::ready_for_query(&mut out, b'I');
+                to_client::ready_for_query(&mut out, b'I');
                 Some(LaneReply::Done(out))
             }
         }
