@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod sandbox;
+pub mod session;
 pub mod state;
 pub mod topology;
 

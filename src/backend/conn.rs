@@ -227,6 +227,16 @@ pub fn parse_parameter(body: &[u8]) -> Option<(String, String)> {
     ))
 }
 
+/// Records the ParameterStatus `body` in `params`.
+pub fn note_parameter(params: &mut Vec<(String, String)>, body: &[u8]) {
+    if let Some((name, value)) = parse_parameter(body) {
+        match params.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => params.push((name, value)),
+        }
+    }
+}
+
 impl ServerConn {
     pub async fn read(&mut self) -> Result<Frame, BackendError> {
         match self.io.read_frame().await {
@@ -244,12 +254,7 @@ impl ServerConn {
 
     /// Records a ParameterStatus the server sent.
     pub fn note_parameter(&mut self, body: &[u8]) {
-        if let Some((name, value)) = parse_parameter(body) {
-            match self.params.iter_mut().find(|(n, _)| *n == name) {
-                Some(slot) => slot.1 = value,
-                None => self.params.push((name, value)),
-            }
-        }
+        note_parameter(&mut self.params, body);
     }
 
     /// Runs SQL the proxy issues itself and waits for ReadyForQuery. Returns the

@@ -1,268 +1,21 @@
-//! One client from login to disconnect: authentication, server parameters, then the
-//! request loop that buffers each request until it is complete before a checkout.
+//! Checking out a server connection for the client: from a pool, brought to the
+//! client's parameters, with the client's cancel pointed at it; giving it back.
 
-use super::commit::SessionClock;
-use super::exchange::statements::ClientStatements;
-use crate::backend::conn::quote_literal;
+use super::{Engine, Server};
+use crate::backend::pool::touch;
 use crate::backend::pool::ServerPool;
-use crate::backend::pool::{touch, Manager, PoolEntry};
-use crate::backend::{BackendError, ConnectSpec};
-use crate::config::{Config, ConsistencyMode, PoolMode, ResolvedUser};
-use crate::frontend::auth::{self, AuthUser};
-use crate::frontend::cancel::{CancelSlot, CancelTarget};
-use crate::protocol::{sqlstate, to_client, FrameError, FramedStream, Stream};
-use crate::router::analysis::PinReason;
-use crate::router::plan::{Route, RouteOverride};
-use crate::state::Shared;
+use crate::backend::BackendError;
+use crate::frontend::cancel::CancelTarget;
+use crate::protocol::sqlstate;
 use bytes::BytesMut;
 use deadpool::managed::{Object, PoolError, TimeoutType, Timeouts};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub(crate) type Server = Object<Manager>;
-
-/// Startup parameters that are session state, not connection identity; they are
-/// replayed on whichever server connection the client lands on.
-const NOT_REPLAYED: &[&str] = &["user", "database", "replication", "options"];
-
-pub(crate) struct Session {
-    pub client: FramedStream,
-    pub shared: Arc<Shared>,
-    /// The config in force, taken again at the start of each request.
-    pub config: Arc<Config>,
-    /// The primary's pool, used at login.
-    pub pool: PoolEntry,
-    pub mode: PoolMode,
-    pub database: String,
-    pub user: Arc<ResolvedUser>,
-    /// Startup parameters as the client sent them (reported back at login).
-    pub startup_params: Vec<(String, String)>,
-    /// Session settings to carry to every server connection, as SQL values.
-    pub params: Vec<(String, String)>,
-    pub route_override: RouteOverride,
-    /// Session state that cannot move between connections was created.
-    pub pinned: Option<PinReason>,
-    /// Commit position of this session's last write (read-your-writes).
-    pub clock: Arc<SessionClock>,
-    pub consistency: ConsistencyMode,
-    /// The request being routed runs something (Query or Execute), not just a prepare.
-    pub request_executes: bool,
-    /// This client's place among the replicas when reads are sticky.
-    pub read_turn: Option<usize>,
-    /// This client's weighted-random draw when reads are sticky.
-    pub read_draw: f64,
-    /// Where the attached server is ("primary"/"replica"), for metrics.
-    pub attached_route: Route,
-    /// Bytes written to the client so far; a read may only be retried elsewhere
-    /// while this has not moved.
-    pub flushed: u64,
-    pub cancel: CancelSlot,
-    /// Bytes queued for the client, written in batches.
-    pub out: BytesMut,
-    pub statements: ClientStatements,
-    /// The analysis route() made of a request that is one Query, taken by the relay
-    /// when it forwards that Query so the SQL is not analysed twice.
-    pub routed: Option<Arc<crate::router::analysis::Analysis>>,
-}
-
-pub async fn run(
-    stream: Stream,
-    params: BTreeMap<String, String>,
-    shared: Arc<Shared>,
-    login_timeout: Duration,
-) -> anyhow::Result<()> {
-    // Boxed, so the task of an idle client keeps the Session and nothing of the login.
-    let (mut session, pid, secret) =
-        Box::pin(open(stream, params, shared.clone(), login_timeout)).await?;
-    let result = async {
-        // A server kept from the login (session mode) is boxed at once: held inline, it
-        // would take its size in every idle client's task.
-        let held = Box::pin(session.login(pid, secret)).await?.map(Box::new);
-        match held {
-            Some(server) => Box::pin(session.held(*server, BytesMut::new())).await,
-            None => Box::pin(session.serve()).await,
-        }
-    }
-    .await;
-    shared.cancels.unregister(pid);
-    result
-}
-
-/// Authenticates the client and builds its Session, with its cancel key registered.
-async fn open(
-    stream: Stream,
-    params: BTreeMap<String, String>,
-    shared: Arc<Shared>,
-    login_timeout: Duration,
-) -> anyhow::Result<(Session, i32, i32)> {
-    let config = shared.config_arc();
-    let mut client = FramedStream::new(stream, config.limits.max_message_bytes);
-    let user_name = params.get("user").cloned().unwrap_or_default();
-    let database = params
-        .get("database")
-        .cloned()
-        .unwrap_or_else(|| user_name.clone());
-    let entry = shared.users.get(&user_name);
-    let auth_user = entry.map(|e| AuthUser {
-        name: &e.user.name,
-        password: &e.user.password,
-        verifier: &e.verifier,
-    });
-    let authed = tokio::time::timeout(
-        login_timeout,
-        // Boxed: SCRAM state is not kept in the task for the whole session.
-        Box::pin(auth::authenticate(
-            &mut client,
-            config.auth.method,
-            auth_user,
-            &user_name,
-        )),
-    )
-    .await;
-    match authed {
-        Ok(Ok(())) => {}
-        Ok(Err(f)) => {
-            let _ = client
-                .write_all(&to_client::fatal(f.code, &f.message))
-                .await;
-            let _ = client.flush().await;
-            metrics::counter!("pgwarden_auth_failures_total").increment(1);
-            anyhow::bail!("authentication of {user_name:?} failed: {}", f.message);
-        }
-        Err(_) => anyhow::bail!("authentication of {user_name:?} timed out"),
-    }
-    let entry = entry.expect("authenticated users exist");
-    let user = &entry.user;
-
-    let primary = config.primary().clone();
-    let pool = shared
-        .pools
-        .get(&database, &user.name, &primary.name, || ConnectSpec {
-            node: primary.name.clone(),
-            host: primary.host.clone(),
-            port: primary.port,
-            user: user.server_user.clone(),
-            password: user.server_password.clone(),
-            database: database.clone(),
-            tls: config.server_tls,
-            connect_timeout: Duration::from_millis(config.pool.connect_timeout_ms),
-            prepared_capacity: config.pool.prepared_statements_per_server,
-            application_name: "pgwarden",
-        });
-    let options = params.get("options").cloned().unwrap_or_default();
-    let mut startup_params: Vec<(String, String)> = params
-        .into_iter()
-        .filter(|(k, _)| !NOT_REPLAYED.contains(&k.as_str()))
-        .collect();
-    match crate::frontend::options::settings(&options) {
-        Ok(settings) => startup_params.extend(settings),
-        Err(msg) => {
-            let _ = client
-                .write_all(&to_client::fatal(sqlstate::PROTOCOL_VIOLATION, &msg))
-                .await;
-            let _ = client.flush().await;
-            anyhow::bail!("startup options: {msg}");
-        }
-    }
-    let replayed = startup_params
-        .iter()
-        .map(|(k, v)| (k.clone(), quote_literal(v)))
-        .collect();
-    let (pid, secret, cancel) = shared.cancels.register();
-    let session = Session {
-        client,
-        mode: config.pool.mode,
-        shared: shared.clone(),
-        pool,
-        database,
-        user: entry.user.clone(),
-        startup_params,
-        params: replayed,
-        route_override: RouteOverride::Auto,
-        pinned: None,
-        clock: Arc::default(),
-        consistency: config.consistency.mode,
-        request_executes: true,
-        read_turn: config
-            .routing
-            .sticky_reads
-            .then(|| shared.balancer.client_turn()),
-        read_draw: rand::random(),
-        attached_route: Route::Primary,
-        flushed: 0,
-        cancel,
-        out: BytesMut::new(),
-        statements: ClientStatements::default(),
-        routed: None,
-        config,
-    };
-    Ok((session, pid, secret))
-}
-
-impl Session {
-    /// Finishes the login: AuthenticationOk, the server's parameters as this client
-    /// will see them, our own cancel key, ReadyForQuery. A server connection is only
-    /// checked out when this pool has never connected (that also surfaces errors such
-    /// as an unknown database) or in session mode.
-    async fn login(&mut self, pid: i32, secret: i32) -> anyhow::Result<Option<Server>> {
-        let cached = self
-            .pool
-            .startup_params
-            .lock()
-            .expect("params lock")
-            .clone();
-        let mut server = None;
-        let server_params = match cached {
-            Some(p) if self.mode == PoolMode::Transaction => p,
-            _ => {
-                let mut s = match self.checkout().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let raw = login_error(&e);
-                        let _ = self.client.write_all(&raw).await;
-                        let _ = self.client.flush().await;
-                        anyhow::bail!("login: {e}");
-                    }
-                };
-                let params = s.params.clone();
-                if self.mode == PoolMode::Session {
-                    server = Some(s);
-                } else {
-                    touch(&mut s);
-                }
-                params
-            }
-        };
-        let mut out = BytesMut::new();
-        to_client::auth(&mut out, &pgwire::messages::startup::Authentication::Ok);
-        for (name, value) in &server_params {
-            let value = self
-                .startup_params
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-                .unwrap_or(value);
-            to_client::parameter_status(&mut out, name, value);
-        }
-        to_client::backend_key_data(&mut out, pid, secret);
-        to_client::ready_for_query(&mut out, b'I');
-        self.client.write_all(&out).await?;
-        self.client.flush().await?;
-        Ok(server)
-    }
-
-    /// Takes the config in force for the next request: one pointer compare while it
-    /// has not changed. (Pool mode and consistency mode stay those of the login.)
-    pub(crate) fn refresh_config(&mut self) {
-        if !self.shared.config_is(&self.config) {
-            self.config = self.shared.config_arc();
-        }
-    }
-
+impl Engine {
     /// Checks out a server connection and brings it to this client's parameters.
     pub(crate) async fn checkout(&mut self) -> Result<Server, CheckoutError> {
         let pool = self.pool.pool.clone();
@@ -302,10 +55,10 @@ impl Session {
                 }
                 got => got.map_err(CheckoutError::Pool)?,
             };
-            if server.params_applied(&self.params) {
+            if server.params_applied(&self.session.params) {
                 return Ok(server);
             }
-            let Err(e) = Box::pin(server.apply_params(&self.params)).await else {
+            let Err(e) = Box::pin(server.apply_params(&self.session.params)).await else {
                 return Ok(server);
             };
             if !server.broken {
@@ -404,44 +157,6 @@ impl Session {
         *self.cancel.lock().expect("cancel slot lock") = None;
         give_back(server);
     }
-
-    pub(crate) async fn send_error(
-        &mut self,
-        severity: &str,
-        code: &str,
-        message: &str,
-        ready: bool,
-    ) -> std::io::Result<()> {
-        to_client::error(&mut self.out, severity, code, message);
-        if ready {
-            to_client::ready_for_query(&mut self.out, b'I');
-        }
-        self.flush_out().await
-    }
-
-    pub(crate) async fn flush_out(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.flushed += self.out.len() as u64;
-            self.client.write_all(&self.out).await?;
-            self.client.flush().await?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    /// Reports a client framing error the way PostgreSQL would, then gives up.
-    pub(crate) async fn frame_error(&mut self, e: FrameError) -> anyhow::Error {
-        if let FrameError::BadLength { len, limit } = e {
-            let msg = format!(
-                "invalid message length {len} (limit {limit}, see limits.max_message_bytes)"
-            );
-            let _ = self
-                .send_error("FATAL", sqlstate::PROGRAM_LIMIT_EXCEEDED, &msg, false)
-                .await;
-            return anyhow::anyhow!(msg);
-        }
-        e.into()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -499,11 +214,4 @@ pub(crate) fn give_back(mut server: Server) {
         return;
     }
     touch(&mut server);
-}
-
-fn login_error(e: &CheckoutError) -> BytesMut {
-    match e.client_message() {
-        (_, _, Some(raw)) => raw,
-        (code, message, None) => to_client::fatal(&code, &message),
-    }
 }

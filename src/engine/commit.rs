@@ -4,15 +4,14 @@
 //! client, fleet hold) is asked itself; in transaction mode the pool's sampler answers
 //! in the background, one query for every commit waiting.
 
-use super::checkout::{Server, Session};
+use super::{Engine, Server};
 use crate::config::LagSource;
 use crate::consistency::bus::TableWrite;
-use crate::consistency::clock::UNREACHABLE;
 use crate::consistency::lsn;
+use crate::session::clock::{now_ms, InFlight};
 use crate::state::Shared;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long tables stay unreadable on replicas should a commit position never arrive.
 const PENDING_TTL: Duration = Duration::from_secs(5);
@@ -29,73 +28,6 @@ const FLUSHED_SQL: &str = "SELECT (CASE WHEN current_setting('synchronous_commit
 /// LOCAL, set_config): the session's setting no longer tells.
 const INSERTED_SQL: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
-/// A session's read-your-writes position, shared with the captures it left running.
-#[derive(Default)]
-pub(crate) struct SessionClock {
-    last: AtomicU64,
-    /// Captures not finished: until they are, the session's position is unknown.
-    in_flight: AtomicUsize,
-    /// When (ms since the UNIX epoch) a capture failed; 0: none.
-    unknown_since_ms: AtomicU64,
-}
-
-impl SessionClock {
-    /// The position a replica must have replayed for this session's reads; UNREACHABLE
-    /// while a capture runs, and for `max_lag_ms` after one failed (long enough for any
-    /// replica within the lag budget to have replayed the write).
-    pub(crate) fn position(&self, max_lag_ms: u64) -> u64 {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return UNREACHABLE;
-        }
-        let since = self.unknown_since_ms.load(Ordering::Relaxed);
-        if since != 0 {
-            if now_ms().saturating_sub(since) <= max_lag_ms {
-                return UNREACHABLE;
-            }
-            self.unknown_since_ms.store(0, Ordering::Relaxed);
-        }
-        self.last.load(Ordering::Relaxed)
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Counts a capture as running; dropped without a position (an error path, a lost
-/// server), it leaves the session's position unknown rather than wrong.
-struct InFlight {
-    clock: Arc<SessionClock>,
-    position: Option<u64>,
-}
-
-impl InFlight {
-    fn new(clock: Arc<SessionClock>) -> Self {
-        clock.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight {
-            clock,
-            position: None,
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        match self.position {
-            Some(p) => {
-                self.clock.last.fetch_max(p, Ordering::Relaxed);
-            }
-            None => self
-                .clock
-                .unknown_since_ms
-                .store(now_ms(), Ordering::Relaxed),
-        }
-        self.clock.in_flight.fetch_sub(1, Ordering::Release);
-    }
-}
-
 /// A commit acknowledged to the client whose position is still to be read.
 #[derive(Default)]
 pub(crate) struct PendingCommit {
@@ -111,7 +43,7 @@ pub(crate) struct CaptureTarget {
     database: String,
 }
 
-impl Session {
+impl Engine {
     /// The server acknowledged a commit that wrote: until its position is known, no
     /// replica is safe for its tables, nor for this session's reads.
     pub(crate) fn commit_acknowledged(
@@ -121,11 +53,11 @@ impl Session {
         pending: &mut Option<PendingCommit>,
     ) {
         self.shared.table_clock.begin_commit(
-            &self.database,
+            &self.session.database,
             tables.iter().map(String::as_str),
             PENDING_TTL,
         );
-        let clock = &self.clock;
+        let clock = &self.session.clock;
         let p = pending.get_or_insert_with(|| PendingCommit {
             in_flight: Some(InFlight::new(clock.clone())),
             ..Default::default()
@@ -158,6 +90,7 @@ impl Session {
         // A session that set synchronous_commit itself: the sampler's connection does
         // not see that setting, so only the insert position is sure to cover it.
         let session_async = self
+            .session
             .params
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case("synchronous_commit"));
@@ -179,7 +112,7 @@ impl Session {
     fn capture_target(&self) -> CaptureTarget {
         CaptureTarget {
             shared: self.shared.clone(),
-            database: self.database.clone(),
+            database: self.session.database.clone(),
         }
     }
 }
@@ -241,7 +174,7 @@ impl CaptureTarget {
         clock.advance(&self.database, names(), pos);
         clock.end_commit(&self.database, names());
         if let Some(f) = &mut in_flight {
-            f.position = Some(pos);
+            f.settle(pos);
         }
         drop(in_flight);
         metrics::counter!("pgwarden_commit_positions_total").increment(1);
@@ -274,38 +207,5 @@ impl CaptureTarget {
         {
             tracing::debug!(error = %e, "commit position not confirmed by the fleet bus");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_session_position_is_unknown_while_a_capture_runs() {
-        let clock = Arc::new(SessionClock::default());
-        assert_eq!(clock.position(1000), 0);
-        let mut f = InFlight::new(clock.clone());
-        assert_eq!(clock.position(1000), UNREACHABLE);
-        f.position = Some(42);
-        drop(f);
-        assert_eq!(clock.position(1000), 42);
-        // Positions only move forward.
-        let mut g = InFlight::new(clock.clone());
-        g.position = Some(7);
-        drop(g);
-        assert_eq!(clock.position(1000), 42);
-    }
-
-    #[test]
-    fn a_capture_dropped_without_a_position_sends_reads_to_the_primary_for_a_while() {
-        let clock = Arc::new(SessionClock::default());
-        drop(InFlight::new(clock.clone()));
-        assert_eq!(clock.position(60_000), UNREACHABLE);
-        // Past max_lag_ms any replica within the budget has the write.
-        clock
-            .unknown_since_ms
-            .store(now_ms() - 2, Ordering::Relaxed);
-        assert_eq!(clock.position(1), 0);
     }
 }

@@ -87,6 +87,33 @@ fn is_keyword_before_value(w: &[u8]) -> bool {
     .any(|k| w.eq_ignore_ascii_case(k))
 }
 
+/// What routing learnt of a Query's parameterised form (auto_prepare), found in the
+/// same lexer pass as its fingerprint, so the relay need not lex it again.
+#[derive(Debug, Default)]
+pub enum Lift {
+    /// Not looked for: lex the SQL when it is needed.
+    #[default]
+    Unknown,
+    /// The Query has no parameterised form.
+    NotLiftable,
+    Lifted(Parameterized),
+}
+
+impl Lift {
+    pub fn from_lexed(found: Option<Parameterized>) -> Lift {
+        found.map_or(Lift::NotLiftable, Lift::Lifted)
+    }
+
+    /// The parameterised form of `sql`, lexing it only if routing did not.
+    pub fn resolve(self, sql: &str) -> Option<Parameterized> {
+        match self {
+            Lift::Unknown => parameterize(sql),
+            Lift::NotLiftable => None,
+            Lift::Lifted(p) => Some(p),
+        }
+    }
+}
+
 /// The parameterised form of `sql`, or None when it has a literal that cannot be lifted
 /// safely (strings, decimals, long integers outside a comparison or LIMIT/OFFSET), already
 /// has `$n` references, or has nothing to lift.

@@ -12,12 +12,13 @@ mod task;
 use crate::admin::counters::ReadDecision;
 use crate::config::{MultiplexReads, PoolMode};
 use crate::consistency::LagBudget;
-use crate::engine::checkout::{give_back, Server, Session};
 use crate::engine::exchange::auto_prepare;
 use crate::engine::plan::Needed;
-use crate::protocol::{sqlstate, to_client};
+use crate::engine::{give_back, Engine, Server};
+use crate::protocol::tags::frontend::{QUERY_TAG, SYNC_TAG};
+use crate::protocol::{sqlstate, to_client, views};
 use crate::router::analysis::Analysis;
-use crate::router::parameterize::{parameterize, Parameterized};
+use crate::router::parameterize::{Lift, Parameterized};
 use crate::router::plan::{Plan, Route};
 use crate::topology::balancer::Draw;
 use crate::topology::{choose, Choice, Node};
@@ -251,7 +252,7 @@ fn lane_eligible(a: &Analysis) -> bool {
     !a.is_write() && auto_prepare::eligible(a)
 }
 
-impl Session {
+impl Engine {
     /// Serves the request on a shared read lane when it may be: a read routed to a
     /// replica (a simple Query that auto_prepare can lift, or an extended-protocol read
     /// of one statement), from a client in transaction pooling and not pinned, on a
@@ -268,8 +269,8 @@ impl Session {
         let shared = &*self.shared.clone();
         if cfg.pool.multiplex_reads == MultiplexReads::Off
             || plan.route != Route::Replica
-            || self.mode != PoolMode::Transaction
-            || self.pinned.is_some()
+            || self.session.mode != PoolMode::Transaction
+            || self.session.pinned.is_some()
         {
             return None;
         }
@@ -277,7 +278,7 @@ impl Session {
         let topo = shared.topology.load();
         // The node the usual path would take; the rotation moves on only if the lane
         // serves the read (else the usual path moves it).
-        let draw = self.draw(false);
+        let draw = self.session.draw(false);
         let choice = Choice::from_config(&cfg, false);
         let node = choose(&topo, &shared.balancer, choice, &need, &[], draw)?.clone();
         // Alone on the replica a read gains nothing from a lane, only two hand-offs;
@@ -293,7 +294,7 @@ impl Session {
         if shared.lanes.slow.is_off(request.0.key, Instant::now()) {
             return None;
         }
-        let settings = settings_key(&self.params);
+        let settings = settings_key(&self.session.params);
         let (lane, state) = match shared.lanes.find(&node.name, settings) {
             Found::Lane(tx, state) => (tx, state),
             Found::Full => return None,
@@ -328,23 +329,20 @@ impl Session {
         &mut self,
         req: &BytesMut,
         tag: u8,
-        lift: &mut Option<Option<Parameterized>>,
+        lift: &mut Lift,
     ) -> Option<(LaneRequest, oneshot::Receiver<LaneReply>)> {
         let (reply, rx) = oneshot::channel();
         let request = match tag {
-            b'Q' if self.config.pool.auto_prepare => {
+            QUERY_TAG if self.config.pool.auto_prepare => {
                 let analysis = self.routed.clone()?;
                 if !lane_eligible(&analysis) {
                     return None;
                 }
                 let body = req.get(5..)?;
-                if matches!(lift, Some(None)) {
+                if matches!(lift, Lift::NotLiftable) {
                     return None;
                 }
-                let lifted = match lift.take().flatten() {
-                    Some(l) => l,
-                    None => parameterize(crate::protocol::views::sql_of(b'Q', body)?)?,
-                };
+                let lifted = std::mem::take(lift).resolve(views::sql_of(QUERY_TAG, body)?)?;
                 let key = auto_prepare::id_of(&lifted);
                 let name = auto_prepare::name(key);
                 let mut msgs = BytesMut::new();
@@ -357,8 +355,11 @@ impl Session {
                     reply: Some(reply),
                 }
             }
-            b'S' => {
-                let read = self.statements.lane_read(req, &self.shared.parse_cache)?;
+            SYNC_TAG => {
+                let read = self
+                    .session
+                    .statements
+                    .lane_read(req, &self.shared.parse_cache)?;
                 if !lane_eligible(&read.analysis) {
                     return None;
                 }

@@ -9,8 +9,8 @@
 use super::slow::Why;
 use super::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
 use crate::backend::prepared::PreparedSet;
-use crate::engine::checkout::{give_back, Server};
 use crate::engine::exchange::auto_prepare;
+use crate::engine::{give_back, Server};
 use crate::protocol::{to_client, to_server, views, Frame};
 use crate::topology::Node;
 use bytes::BytesMut;
