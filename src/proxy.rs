@@ -52,7 +52,7 @@ impl Proxy {
             rx.clone(),
         ));
         if let Some(l) = admin {
-            tokio::spawn(crate::admin::http::serve(l, metrics, rx));
+            tokio::spawn(crate::admin::http::listen(l, metrics, rx));
         }
         tracing::info!(%addr, "pgwarden listening");
         Ok(Proxy {

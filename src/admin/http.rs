@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-pub async fn serve(
+pub async fn listen(
     listener: TcpListener,
     metrics: Option<PrometheusHandle>,
     mut shutdown: watch::Receiver<bool>,

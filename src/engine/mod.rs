@@ -74,7 +74,7 @@ pub async fn run(
         let held = Box::pin(engine.login(pid, secret)).await?.map(Box::new);
         match held {
             Some(server) => Box::pin(engine.held(*server, BytesMut::new())).await,
-            None => Box::pin(engine.serve()).await,
+            None => Box::pin(engine.request_loop()).await,
         }
     }
     .await;

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 impl Engine {
     /// Serves requests until the client leaves, checking out a server per request
     /// (transaction mode; session mode goes to `held` from the login instead).
-    pub(crate) async fn serve(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn request_loop(&mut self) -> anyhow::Result<()> {
         let mut request = BytesMut::new();
         // After a failed checkout in the middle of an extended batch, PostgreSQL's
         // rule applies: skip to the next Sync.

@@ -7,7 +7,7 @@
 use super::pipeline::{Expect, Pipeline};
 use super::statements::LaneRead;
 use crate::backend::prepared::PreparedSet;
-use crate::protocol::{to_server, Frame};
+use crate::protocol::{to_server, views, Frame};
 use crate::router::analysis::{Analysis, StatementKind};
 use crate::router::parameterize::Parameterized;
 use bytes::{Bytes, BytesMut};
@@ -62,6 +62,15 @@ pub(crate) fn add_statement(
         to_server::close_statement(to_server, &evicted);
         pipeline.push(Expect::Close { hide: true });
     }
+}
+
+/// Whether an error the server sent for a request the proxy ran in another form (a
+/// kept statement for a simple Query, a renamed unnamed statement) is the proxy's to
+/// handle: it came before the statement bound, so nothing of the client's ran, and it
+/// is about the statement. The request then runs again as sent, and the client never
+/// sees the error. One rule for the exchange's pipeline and the shared read lanes.
+pub(crate) fn early_error_falls_back(bound: bool, error_body: &[u8]) -> bool {
+    !bound && may_fall_back(&views::error_fields(error_body).0)
 }
 
 /// Errors after which the client's Query is run as sent instead: those that are about

@@ -5,7 +5,7 @@
 use super::auto_prepare;
 use crate::backend::prepared::PreparedSet;
 use crate::protocol::tags::frontend::{BIND_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
-use crate::protocol::{to_client, to_server, views, walk};
+use crate::protocol::{to_client, to_server, walk};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -265,10 +265,7 @@ impl Pipeline {
                     prepared.remove(&auto_prepare::name(*id));
                     *parse_pending = false;
                 }
-                if *bound
-                    || !*rerunnable
-                    || !auto_prepare::may_fall_back(&views::error_fields(body).0)
-                {
+                if !*rerunnable || !auto_prepare::early_error_falls_back(*bound, body) {
                     return true;
                 }
                 *failed = Some(Bytes::copy_from_slice(body));
@@ -349,7 +346,7 @@ impl Pipeline {
                     // The statement was never created.
                     prepared.remove(name);
                 }
-                if *bound || !auto_prepare::may_fall_back(&views::error_fields(body).0) {
+                if !auto_prepare::early_error_falls_back(*bound, body) {
                     if !*bound && *parsed {
                         to_client::empty(out, b'1');
                     }

@@ -274,11 +274,14 @@ fn a_block_reports_its_writes_only_at_its_commit() {
     assert!(r.x.idle());
 }
 
+/// A client request and the server's replies to it.
+type Turn = (Vec<u8>, Vec<Vec<u8>>);
+
 #[test]
 fn a_block_that_did_not_commit_reports_nothing() {
     // (requests and their replies): rolled back; aborted then COMMIT (answered ROLLBACK);
     // an autocommit write that failed.
-    let cases: Vec<Vec<(Vec<u8>, Vec<Vec<u8>>)>> = vec![
+    let cases: Vec<Vec<Turn>> = vec![
         vec![
             (query("begin"), vec![complete("BEGIN"), ready(b'T')]),
             (

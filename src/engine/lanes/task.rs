@@ -11,7 +11,7 @@ use super::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
 use crate::backend::prepared::PreparedSet;
 use crate::engine::exchange::auto_prepare;
 use crate::engine::{give_back, Server};
-use crate::protocol::{to_client, to_server, views, Frame};
+use crate::protocol::{to_client, to_server, Frame};
 use crate::topology::Node;
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -54,7 +54,7 @@ struct Flight {
 }
 
 /// The lane's side of its server connection.
-struct Wire {
+struct LaneConn {
     in_flight: VecDeque<Flight>,
     to_server: BytesMut,
     /// Statements gone stale, closed with the next request written.
@@ -80,7 +80,7 @@ pub(crate) async fn run(
     mut server: Server,
     mut rx: mpsc::Receiver<LaneRequest>,
 ) {
-    let mut wire = Wire {
+    let mut wire = LaneConn {
         in_flight: VecDeque::new(),
         to_server: BytesMut::new(),
         stale: Vec::new(),
@@ -89,7 +89,7 @@ pub(crate) async fn run(
         answered: 0,
         stalled: false,
     };
-    let ok = serve(&lanes, &node, &state, &mut server, &mut rx, &mut wire).await;
+    let ok = pump(&lanes, &node, &state, &mut server, &mut rx, &mut wire).await;
     // Requests still queued or in flight get no reply: their sessions serve them the
     // usual way (nothing has reached their clients).
     for _ in &wire.in_flight {
@@ -105,13 +105,13 @@ pub(crate) async fn run(
 }
 
 /// Returns false when the server failed, true when the lane went idle.
-async fn serve(
+async fn pump(
     lanes: &Lanes,
     node: &Node,
     state: &LaneState,
     server: &mut Server,
     rx: &mut mpsc::Receiver<LaneRequest>,
-    wire: &mut Wire,
+    wire: &mut LaneConn,
 ) -> bool {
     // One timer, moved only when its meaning changes: the idle deadline while nothing
     // is in flight, the head's slow deadline while reads wait behind it.
@@ -191,7 +191,7 @@ fn on_frame(
     node: &Node,
     state: &LaneState,
     server: &mut Server,
-    wire: &mut Wire,
+    wire: &mut LaneConn,
     frame: Frame,
 ) {
     if frame.tag != b'Z' {
@@ -228,7 +228,7 @@ fn on_frame(
     finish(lanes, flight, frame.data);
 }
 
-impl Wire {
+impl LaneConn {
     /// How long the head may run before it counts as slow.
     fn slow_after(&self, lanes: &Lanes) -> Duration {
         lane_threshold(lanes.slow_after(), self.usual_us, self.answered)
@@ -345,9 +345,8 @@ fn on_server(
         }
         b'n' => !lifted,
         b'E' => {
-            let code = views::error_fields(&data[5..]).0;
-            let early =
-                f.req.shape.may_fall_back() && !f.bound && auto_prepare::may_fall_back(&code);
+            let early = f.req.shape.may_fall_back()
+                && auto_prepare::early_error_falls_back(f.bound, &data[5..]);
             if let Some(name) = f.parse.take() {
                 // The lane's Parse failed: the statement was never created.
                 prepared.remove(&name);
