@@ -72,3 +72,101 @@ async fn metrics_and_healthz() {
     assert!(value("pgwarden_server_connections") >= 1.0);
     assert!(value("pgwarden_auth_failures_total") >= 1.0);
 }
+
+/// docs/metrics.md lists exactly the metrics the code emits: every `pgwarden_*` name given
+/// to a `counter!`, `gauge!` or `histogram!` call under src/ (as a literal, or as a `const`
+/// of the same file), against the backticked names in the first column of its tables.
+#[test]
+fn docs_list_every_emitted_metric() {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rs_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The string literal at the start of `s`, if it starts with one.
+    fn literal(s: &str) -> Option<&str> {
+        let rest = s.strip_prefix('"')?;
+        rest.find('"').map(|end| &rest[..end])
+    }
+
+    /// The value of `const NAME: &str = "...";` in `text`.
+    fn const_value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines().find_map(|l| {
+            let l = l.trim_start();
+            let rest = ["pub(crate) ", "pub(super) ", "pub "]
+                .iter()
+                .find_map(|v| l.strip_prefix(v))
+                .unwrap_or(l);
+            let rest = rest.strip_prefix("const ")?.strip_prefix(name)?;
+            let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+            let rest = rest.strip_prefix("&str")?.trim_start().strip_prefix('=')?;
+            literal(rest.trim_start())
+        })
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rs_files(&root.join("src"), &mut files);
+    let mut emitted = BTreeSet::new();
+    let mut unreadable = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for mac in ["counter!(", "gauge!(", "histogram!("] {
+            for (at, _) in text.match_indices(mac) {
+                let arg = text[at + mac.len()..].trim_start();
+                let name = literal(arg).or_else(|| {
+                    let ident: String = arg
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                        .collect();
+                    const_value(&text, ident.rsplit("::").next().unwrap_or(""))
+                });
+                match name {
+                    Some(n) if n.starts_with("pgwarden_") => {
+                        emitted.insert(n.to_string());
+                    }
+                    _ => {
+                        let line = text[..at].lines().count();
+                        unreadable.push(format!("{}:{line}", file.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        unreadable.is_empty(),
+        "metric calls whose name is neither a \"pgwarden_...\" literal nor a const of the \
+         same file (this scan cannot check them against docs/metrics.md): {unreadable:?}"
+    );
+    assert!(
+        emitted.len() > 10,
+        "the scan found only {emitted:?} under src/"
+    );
+
+    let doc = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let listed: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('|')?.split('|').next())
+        .filter_map(|cell| {
+            let name = cell.trim().strip_prefix("`pgwarden_")?;
+            let end = name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+            Some(format!("pgwarden_{}", &name[..end]))
+        })
+        .collect();
+    let missing: Vec<_> = emitted.difference(&listed).collect();
+    let extra: Vec<_> = listed.difference(&emitted).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/metrics.md is out of date: emitted under src/ but not listed: {missing:?}; \
+         listed but emitted nowhere: {extra:?}"
+    );
+}
