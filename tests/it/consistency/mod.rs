@@ -2,9 +2,7 @@
 //! paused with pg_wal_replay_pause() must never serve a read of data a client has seen
 //! committed, while reads that do not need that data keep going to replicas.
 
-mod common;
-
-use common::{start, wait_for, Env, Setup};
+use crate::common::{self, start, wait_for, Env, Setup};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

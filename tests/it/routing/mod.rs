@@ -1,10 +1,8 @@
 //! Read/write split, checked from the server side: every statement reports the port of
 //! the server that ran it (`inet_server_port()`), compared with the cluster's ports.
 
-mod common;
-
-use common::cutter::Cutter;
-use common::{start, start_with, wait_for, Env, Setup};
+use crate::common::cutter::Cutter;
+use crate::common::{self, start, start_with, wait_for, Env, Setup};
 use pgwarden::config::{Config, MultiplexReads, Role};
 use pgwarden::sandbox::PgCluster;
 use std::collections::HashSet;

@@ -1,6 +1,5 @@
 //! Shared test scaffolding: a real PostgreSQL cluster plus a pgwarden proxy in front of
 //! it, on ports of their own, torn down when the test ends (also on panic).
-#![allow(dead_code)]
 
 pub mod cutter;
 
@@ -189,7 +188,7 @@ pub fn psql(dsn: &str) -> std::process::Command {
 }
 
 // ---------------------------------------------------------------------------------------
-// Helpers added for tests/protocol.rs
+// Helpers added for the protocol tests (tests/it/protocol)
 // ---------------------------------------------------------------------------------------
 
 /// A tokio-postgres connection whose `Connection` stays reachable: it is driven with
@@ -425,10 +424,6 @@ pub mod fe {
 
     pub fn copy_done() -> Vec<u8> {
         msg(b'c', &[])
-    }
-
-    pub fn terminate() -> Vec<u8> {
-        msg(b'X', &[])
     }
 }
 

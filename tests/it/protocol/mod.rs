@@ -4,7 +4,7 @@
 //! requests, errors with their SQLSTATE, transactions, the FunctionCall message,
 //! ParameterStatus, and many clients sharing a small pool.
 //!
-//! Every test starts its own PostgreSQL and proxy (tests/common). Clients are
+//! Every test starts its own PostgreSQL and proxy (`crate::common`). Clients are
 //! tokio-postgres and psql; where a driver hides the wire (command tags, COPY bytes,
 //! ReadyForQuery status, NULL vs empty), `common::Wire` speaks the protocol directly.
 //!
@@ -14,9 +14,7 @@
 //! CopyData, CopyDone/Sync message sequence as a text copy_in), and text-format COPY in
 //! and out is checked byte for byte with `Wire` and psql.
 
-mod common;
-
-use common::{fe, one_row, sqlstate, Env, Msg, Setup, Watched, Wire};
+use crate::common::{self, fe, one_row, sqlstate, Env, Msg, Setup, Watched, Wire};
 use std::collections::HashSet;
 use std::pin::pin;
 use std::time::Duration;
