@@ -2,7 +2,7 @@
 //! One test per binary: the metrics recorder is process-wide.
 
 #[path = "it/common/mod.rs"]
-#[allow(dead_code, reason = "this binary uses few of the shared helpers")]
+#[allow(dead_code, unused_imports)] // this binary uses few of the shared helpers
 mod common;
 
 use common::{start, Setup};
