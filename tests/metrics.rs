@@ -1,6 +1,8 @@
 //! /metrics and /healthz on the admin port, with real counters after real traffic.
 //! One test per binary: the metrics recorder is process-wide.
 
+#[path = "it/common/mod.rs"]
+#[allow(dead_code, unused_imports)] // this binary uses few of the shared helpers
 mod common;
 
 use common::{start, Setup};

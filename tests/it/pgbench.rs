@@ -1,9 +1,7 @@
 //! pgbench through the proxy: initialise, then short read-only and write runs in each
 //! pool mode and protocol; every transaction must succeed.
 
-mod common;
-
-use common::{start, Setup};
+use crate::common::{self, start, Setup};
 
 fn pgbench() -> std::process::Command {
     let bin = if std::path::Path::new("/usr/lib/postgresql/15/bin/pgbench").exists() {

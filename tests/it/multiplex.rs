@@ -3,9 +3,7 @@
 //! its own reply, with its own settings, whatever happens to the lane's server; a slow
 //! read must not hold up the others for long, and a cancel must still answer at once.
 
-mod common;
-
-use common::{fe, Env, Msg, Setup, Wire};
+use crate::common::{self, fe, Env, Msg, Setup, Wire};
 use pgwarden::config::{Config, MultiplexReads};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -2,9 +2,7 @@
 //! input. Each case checks the proxy answers as PostgreSQL would (SQLSTATE included) and
 //! that other clients are not affected.
 
-mod common;
-
-use common::{sqlstate, start, wait_for, Setup};
+use crate::common::{self, sqlstate, start, wait_for, Setup};
 use pgwarden::config::AuthMethod;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

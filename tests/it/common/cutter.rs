@@ -1,6 +1,5 @@
 //! A TCP relay between the proxy and one server that can drop the connections it carries
 //! at a chosen moment: the race a pool's idle check cannot see, on demand.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -3,9 +3,7 @@
 //! statements, and the client cannot tell. Replies are compared byte for byte with the
 //! same requests sent to PostgreSQL directly.
 
-mod common;
-
-use common::{Env, Msg, Setup, Wire};
+use crate::common::{self, Env, Msg, Setup, Wire};
 use std::time::Duration;
 
 async fn start(auto_prepare: bool) -> Env {

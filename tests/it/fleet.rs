@@ -1,9 +1,7 @@
 //! A fleet of proxies sharing the table clock through a real redis-server, and the
 //! nearest-replica preference through a delaying relay.
 
-mod common;
-
-use common::wait_for;
+use crate::common::wait_for;
 use pgwarden::config;
 use pgwarden::sandbox::delay_relay::DelayRelay;
 use pgwarden::sandbox::redis::RedisServer;
