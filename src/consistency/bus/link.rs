@@ -28,8 +28,9 @@ pub(crate) struct LinkLabels {
     pub name: &'static str,
     /// What the user does while Redis is away, ending the outage warning.
     pub fallback: &'static str,
-    /// Gauge set to 1 while every connection is up and to 0 when one goes down.
-    pub gauge: &'static str,
+    /// Gauge set to 1 while every connection is up and to 0 when one goes down (the
+    /// user names it, so docs/metrics.md's check finds the name where it is made).
+    pub gauge: metrics::Gauge,
 }
 
 /// One Redis server and the state of a fixed number of connections to it, numbered from 0.
@@ -97,7 +98,7 @@ impl RedisLink {
         let before = self.all_up();
         self.up[conn].store(true, Ordering::Release);
         if !before && self.all_up() {
-            let LinkLabels { name, gauge, .. } = self.labels;
+            let LinkLabels { name, gauge, .. } = &self.labels;
             if !log.ever_connected {
                 tracing::info!("{name}: connected to Redis at {}", self.target);
             } else if log.outage_reported {
@@ -105,7 +106,7 @@ impl RedisLink {
             }
             log.ever_connected = true;
             log.outage_reported = false;
-            metrics::gauge!(gauge).set(1.0);
+            gauge.set(1.0);
         }
     }
 
@@ -118,8 +119,8 @@ impl RedisLink {
             name,
             fallback,
             gauge,
-        } = self.labels;
-        metrics::gauge!(gauge).set(0.0);
+        } = &self.labels;
+        gauge.set(0.0);
         if !log.outage_reported {
             let what = if log.ever_connected {
                 "lost connection to"
@@ -140,7 +141,7 @@ impl RedisLink {
     pub(crate) fn stopped(&self, conn: usize) {
         let _log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         self.up[conn].store(false, Ordering::Release);
-        metrics::gauge!(self.labels.gauge).set(0.0);
+        self.labels.gauge.set(0.0);
     }
 }
 

@@ -23,11 +23,13 @@ const SUBSCRIBER: usize = 1;
 const CONNECTIONS: usize = 2;
 
 /// How the link's log lines and gauge name the bus.
-const LABELS: LinkLabels = LinkLabels {
-    name: "fleet bus",
-    fallback: "routing with this proxy's table clock meanwhile",
-    gauge: "pgwarden_bus_connected",
-};
+fn labels() -> LinkLabels {
+    LinkLabels {
+        name: "fleet bus",
+        fallback: "routing with this proxy's table clock meanwhile",
+        gauge: metrics::gauge!("pgwarden_bus_connected"),
+    }
+}
 
 /// One committed write: the tables it touched and the commit position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +75,7 @@ impl FleetBus {
         let (alive, gone) = oneshot::channel();
         let proxy_id = format!("{:016x}", rand::random::<u64>());
         let dropped = Arc::new(Dropped::default());
-        let link = match RedisLink::open(url, LABELS, CONNECTIONS) {
+        let link = match RedisLink::open(url, labels(), CONNECTIONS) {
             Ok(link) => {
                 let link = Arc::new(link);
                 let names = Arc::new(Names::new(prefix));

@@ -4,14 +4,13 @@
 //! plans it once per connection instead of on every call. The client still sees the
 //! replies of what it sent.
 
+use super::kept::{id_of, name};
 use super::pipeline::{Expect, Pipeline};
-use super::statements::LaneRead;
 use crate::backend::prepared::PreparedSet;
-use crate::protocol::{to_server, views, Frame};
+use crate::protocol::{to_server, Frame};
 use crate::router::analysis::{Analysis, StatementKind};
 use crate::router::parameterize::Parameterized;
-use bytes::{Bytes, BytesMut};
-use std::hash::{Hash, Hasher};
+use bytes::BytesMut;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -21,33 +20,6 @@ pub(crate) fn eligible(a: &Analysis) -> bool {
     use StatementKind::*;
     matches!(a.statements.as_slice(),
         [s] if matches!(s.kind, Select | Insert | Update | Delete) && s.pins.is_none() && s.set.is_none())
-}
-
-/// A server statement name, `pgw_q` and 16 hex digits, without allocating.
-#[derive(Clone, Copy)]
-pub(crate) struct Name([u8; 21]);
-
-impl Deref for Name {
-    type Target = str;
-    fn deref(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-pub(crate) fn name(id: u64) -> Name {
-    let mut b = *b"pgw_q0000000000000000";
-    for (i, d) in b[5..].iter_mut().enumerate() {
-        let nibble = (id >> (60 - 4 * i)) & 0xf;
-        *d = b"0123456789abcdef"[nibble as usize];
-    }
-    Name(b)
-}
-
-pub(crate) fn id_of(p: &Parameterized) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    p.sql.hash(&mut h);
-    p.types.hash(&mut h);
-    h.finish()
 }
 
 /// Notes `name` as prepared on this connection; the statement evicted for room, if
@@ -62,24 +34,6 @@ pub(crate) fn add_statement(
         to_server::close_statement(to_server, &evicted);
         pipeline.push(Expect::Close { hide: true });
     }
-}
-
-/// Whether an error the server sent for a request the proxy ran in another form (a
-/// kept statement for a simple Query, a renamed unnamed statement) is the proxy's to
-/// handle: it came before the statement bound, so nothing of the client's ran, and it
-/// is about the statement. The request then runs again as sent, and the client never
-/// sees the error. One rule for the exchange's pipeline and the shared read lanes.
-pub(crate) fn early_error_falls_back(bound: bool, error_body: &[u8]) -> bool {
-    !bound && may_fall_back(&views::error_fields(error_body).0)
-}
-
-/// Errors after which the client's Query is run as sent instead: those that are about
-/// the statement. Not a cancel, a shutdown or a broken connection (57, 08), nor a lack
-/// of resources or a system error (53, 58, XX): those the client must see.
-pub(crate) fn may_fall_back(code: &str) -> bool {
-    !["57", "08", "53", "58", "XX"]
-        .iter()
-        .any(|c| code.starts_with(c))
 }
 
 /// The Parse that creates the server statement `name` for `p`.
@@ -180,49 +134,17 @@ pub(crate) fn send_prepares(
     pipeline.push(Expect::PrepareSync);
 }
 
-/// Sends `read`, the client's `request` on its unnamed statement, as Bind [Describe]
-/// Execute Sync of the server statement named after its text, preparing it first if
-/// this server connection lacks it. The same statement serves every client that sends
-/// that text, and the lanes.
-pub(crate) fn send_renamed(
-    read: LaneRead,
-    request: Bytes,
-    prepared: &mut PreparedSet,
-    pipeline: &mut Pipeline,
-    to_server: &mut BytesMut,
-) {
-    let (name, parse) = read.ensure;
-    let parse_pending = !prepared.touch(&name);
-    if parse_pending {
-        add_statement(name.clone(), prepared, pipeline, to_server);
-        to_server.extend_from_slice(&parse);
-    }
-    to_server.extend_from_slice(&read.msgs);
-    to_server::sync(to_server);
-    pipeline.push(Expect::Renamed {
-        ord: 0,
-        name,
-        request,
-        parse_pending,
-        parsed: !parse_pending,
-        bound: false,
-        failed: None,
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn names_are_fixed_width_hex() {
-        assert_eq!(&*name(0xab), "pgw_q00000000000000ab");
-        assert_eq!(&*name(u64::MAX), "pgw_qffffffffffffffff");
-    }
-
-    #[test]
-    fn falls_back_only_on_errors_about_the_statement() {
-        assert!(may_fall_back("0A000") && may_fall_back("42703") && may_fall_back("26000"));
-        assert!(!may_fall_back("57014") && !may_fall_back("08006") && !may_fall_back("XX000"));
+    fn only_one_plain_statement_runs_kept() {
+        use crate::router::analysis::analyze;
+        assert!(eligible(&analyze("select * from t where id = 123", &[])));
+        assert!(eligible(&analyze("update t set v = 1 where id = 123", &[])));
+        assert!(!eligible(&analyze("select 1; select 2", &[])));
+        assert!(!eligible(&analyze("set search_path = a", &[])));
+        assert!(!eligible(&analyze("create table x (a int)", &[])));
     }
 }

@@ -6,6 +6,7 @@
 //! whose commit position must be captured.
 
 pub(crate) mod auto_prepare;
+pub(crate) mod kept;
 pub mod pipeline;
 pub mod statements;
 pub(crate) mod txn;
@@ -16,7 +17,6 @@ mod tests;
 use crate::backend::prepared::PreparedSet;
 use crate::config::Config;
 use crate::engine::commit::PendingCommit;
-use crate::engine::lanes::Shape;
 use crate::protocol::tags::backend::COPY_BOTH_RESPONSE_TAG;
 use crate::protocol::tags::backend::{
     COMMAND_COMPLETE_TAG, COPY_DONE_TAG, COPY_IN_RESPONSE_TAG, COPY_OUT_RESPONSE_TAG,
@@ -33,6 +33,7 @@ use crate::router::parse_cache::ParseCache;
 use crate::router::text::contains_ci;
 use crate::session::Session;
 use bytes::BytesMut;
+use kept::Shape;
 use pipeline::Pipeline;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -197,8 +198,8 @@ impl Exchange {
                     known_lift.resolve(sql).map(|l| (l, true))
                 } else if self.in_block() && auto_prepare::eligible_in_block(a, sql) {
                     known_lift.resolve(sql).and_then(|l| {
-                        let id = auto_prepare::id_of(&l);
-                        if cx.server.prepared.touch(&auto_prepare::name(id)) {
+                        let id = kept::id_of(&l);
+                        if cx.server.prepared.touch(&kept::name(id)) {
                             return Some((l, false));
                         }
                         let known = self.prepare.iter().any(|(k, _)| *k == id);
@@ -286,7 +287,7 @@ impl Exchange {
         {
             staged.may_be_unflushed = true;
         }
-        auto_prepare::send_renamed(
+        statements::send_renamed(
             read,
             first.freeze(),
             cx.server.prepared,

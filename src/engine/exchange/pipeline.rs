@@ -2,7 +2,7 @@
 //! drop a Parse the server already has (answering ParseComplete itself) or slip in a
 //! re-prepare (hiding its answer) without the client seeing any difference.
 
-use super::auto_prepare;
+use super::kept;
 use crate::backend::prepared::PreparedSet;
 use crate::protocol::tags::frontend::{BIND_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
 use crate::protocol::{to_client, to_server, walk};
@@ -64,7 +64,7 @@ pub enum Expect {
     },
     PrepareSync,
     /// A request on the unnamed statement, `[Parse] Bind [Describe portal] Execute Sync`,
-    /// run on the server statement `name` (see auto_prepare::send_renamed); `request` is
+    /// run on the server statement `name` (see statements::send_renamed); `request` is
     /// the client's, run as sent if the statement fails before it binds.
     Renamed {
         ord: u64,
@@ -262,10 +262,10 @@ impl Pipeline {
             b'E' => {
                 if *parse_pending {
                     // The statement was never created.
-                    prepared.remove(&auto_prepare::name(*id));
+                    prepared.remove(&kept::name(*id));
                     *parse_pending = false;
                 }
-                if !*rerunnable || !auto_prepare::early_error_falls_back(*bound, body) {
+                if !*rerunnable || !kept::early_error_falls_back(*bound, body) {
                     return true;
                 }
                 *failed = Some(Bytes::copy_from_slice(body));
@@ -287,7 +287,7 @@ impl Pipeline {
                     self.completed = ord;
                     return true;
                 };
-                let stmt = (!parse_pending).then(|| auto_prepare::name(id));
+                let stmt = (!parse_pending).then(|| kept::name(id));
                 let expect = |q: &mut VecDeque<Expect>| q.push_back(Expect::Query { ord });
                 if self.run_again_as_sent(stmt.as_deref(), prepared, &query, expect) {
                     return false;
@@ -346,7 +346,7 @@ impl Pipeline {
                     // The statement was never created.
                     prepared.remove(name);
                 }
-                if !auto_prepare::early_error_falls_back(*bound, body) {
+                if !kept::early_error_falls_back(*bound, body) {
                     if !*bound && *parsed {
                         to_client::empty(out, b'1');
                     }

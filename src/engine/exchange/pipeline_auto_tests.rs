@@ -42,10 +42,7 @@ fn auto(h: &mut Harness, sql: &str, rerunnable: bool) -> (Vec<Vec<u8>>, String) 
     };
     let mut to = BytesMut::new();
     auto_prepare::send(frame, &l, &mut h.prepared, &mut h.p, &mut to, rerunnable);
-    (
-        msgs(&to),
-        auto_prepare::name(auto_prepare::id_of(&l)).to_string(),
-    )
+    (msgs(&to), kept::name(kept::id_of(&l)).to_string())
 }
 
 /// READ run once, answered: the server keeps its statement.
@@ -74,7 +71,13 @@ fn renamed(h: &mut Harness) -> (Vec<Vec<u8>>, String) {
     let read = h.stmts.lane_read(&req, &h.cache).expect("a lane read");
     let name = read.ensure.0.to_string();
     let mut to = BytesMut::new();
-    auto_prepare::send_renamed(read, req.into(), &mut h.prepared, &mut h.p, &mut to);
+    crate::engine::exchange::statements::send_renamed(
+        read,
+        req.into(),
+        &mut h.prepared,
+        &mut h.p,
+        &mut to,
+    );
     (msgs(&to), name)
 }
 
@@ -373,7 +376,7 @@ fn the_proxys_own_prepares_are_hidden_replies_and_all() {
     let mut h = Harness::new();
     let statements: Vec<(u64, Parameterized)> = [READ, WRITE]
         .iter()
-        .map(|s| (auto_prepare::id_of(&lifted(s)), lifted(s)))
+        .map(|s| (kept::id_of(&lifted(s)), lifted(s)))
         .collect();
     let mut to = BytesMut::new();
     auto_prepare::send_prepares(&statements, &mut h.prepared, &mut h.p, &mut to);
@@ -386,7 +389,7 @@ fn the_proxys_own_prepares_are_hidden_replies_and_all() {
         (0, true, 1)
     );
     for (id, _) in &statements {
-        assert!(h.prepared.touch(&auto_prepare::name(*id)));
+        assert!(h.prepared.touch(&kept::name(*id)));
     }
 }
 
@@ -395,7 +398,7 @@ fn a_failed_prepare_forgets_it_and_the_statements_after_it_in_its_batch() {
     let sqls = [READ, WRITE, "DELETE FROM pgbench_history WHERE aid = 57203"];
     let statements: Vec<(u64, Parameterized)> = sqls
         .iter()
-        .map(|s| (auto_prepare::id_of(&lifted(s)), lifted(s)))
+        .map(|s| (kept::id_of(&lifted(s)), lifted(s)))
         .collect();
     for failing in 0..statements.len() {
         let mut h = Harness::new();
@@ -406,7 +409,7 @@ fn a_failed_prepare_forgets_it_and_the_statements_after_it_in_its_batch() {
         assert_eq!(h.replies(&replies), vec![false; failing + 2]);
         assert!(h.client().is_empty() && h.p.is_empty());
         for (i, (id, _)) in statements.iter().enumerate() {
-            let name = auto_prepare::name(*id);
+            let name = kept::name(*id);
             assert_eq!(h.prepared.touch(&name), i < failing, "{failing}: {i}");
         }
     }

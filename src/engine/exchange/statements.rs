@@ -5,7 +5,7 @@
 use super::pipeline::{Expect, Pipeline};
 use crate::backend::prepared::PreparedSet;
 use crate::protocol::tags::frontend::BIND_TAG;
-use crate::protocol::to_server::splice;
+use crate::protocol::to_server::{self, splice};
 use crate::protocol::views::cstr;
 use crate::protocol::{walk, Frame};
 use crate::router::analysis::Analysis;
@@ -141,7 +141,7 @@ impl ClientStatements {
 pub(crate) struct LaneRead {
     pub ensure: (Arc<str>, Bytes),
     pub msgs: BytesMut,
-    pub shape: crate::engine::lanes::Shape,
+    pub shape: super::kept::Shape,
     pub analysis: Arc<Analysis>,
     /// Names the statement, for the lanes' record of slow ones.
     pub key: u64,
@@ -212,7 +212,7 @@ impl ClientStatements {
                             key: hash(server_name.as_bytes()),
                             ensure: (server_name, parse),
                             msgs: BytesMut::new(),
-                            shape: crate::engine::lanes::Shape::Renamed,
+                            shape: super::kept::Shape::Renamed,
                             analysis: p.analysis.clone(),
                         }
                     } else {
@@ -221,7 +221,7 @@ impl ClientStatements {
                         LaneRead {
                             ensure: (s.server_name.clone(), s.parse.clone()),
                             msgs: BytesMut::new(),
-                            shape: crate::engine::lanes::Shape::AsSent,
+                            shape: super::kept::Shape::AsSent,
                             analysis: s.analysis.clone(),
                             key: hash(s.server_name.as_bytes()),
                         }
@@ -241,7 +241,7 @@ impl ClientStatements {
                         // The client's unnamed statement, for a later Bind that lands on
                         // a server connection without it.
                         let s = self.0.get_or_insert_with(Box::default);
-                        if read.shape == crate::engine::lanes::Shape::Renamed {
+                        if read.shape == super::kept::Shape::Renamed {
                             let (name, parse) = &read.ensure;
                             s.lane_renamed = Some((p.clone(), name.clone(), parse.clone()));
                         }
@@ -391,4 +391,34 @@ impl Statements {
         to_server.unsplit(frame.data);
         None
     }
+}
+
+/// Sends `read`, the client's `request` on its unnamed statement, as Bind [Describe]
+/// Execute Sync of the server statement named after its text, preparing it first if
+/// this server connection lacks it. The same statement serves every client that sends
+/// that text, and the lanes.
+pub(crate) fn send_renamed(
+    read: LaneRead,
+    request: Bytes,
+    prepared: &mut PreparedSet,
+    pipeline: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
+    let (name, parse) = read.ensure;
+    let parse_pending = !prepared.touch(&name);
+    if parse_pending {
+        super::auto_prepare::add_statement(name.clone(), prepared, pipeline, to_server);
+        to_server.extend_from_slice(&parse);
+    }
+    to_server.extend_from_slice(&read.msgs);
+    to_server::sync(to_server);
+    pipeline.push(Expect::Renamed {
+        ord: 0,
+        name,
+        request,
+        parse_pending,
+        parsed: !parse_pending,
+        bound: false,
+        failed: None,
+    });
 }

@@ -12,7 +12,8 @@ mod task;
 use crate::admin::counters::ReadDecision;
 use crate::config::{MultiplexReads, PoolMode};
 use crate::consistency::LagBudget;
-use crate::engine::exchange::auto_prepare;
+pub(crate) use crate::engine::exchange::kept::Shape;
+use crate::engine::exchange::{auto_prepare, kept};
 use crate::engine::plan::Needed;
 use crate::engine::{give_back, Engine, Server};
 use crate::protocol::tags::frontend::{QUERY_TAG, SYNC_TAG};
@@ -41,7 +42,7 @@ const BUSY_WINDOW: Duration = Duration::from_millis(100);
 pub(crate) enum Ensure {
     /// A simple Query's lifted form (see auto_prepare).
     Lifted {
-        name: auto_prepare::Name,
+        name: kept::Name,
         lifted: Parameterized,
     },
     /// A statement the client prepared: its server name and Parse.
@@ -58,28 +59,6 @@ pub(crate) struct LaneRequest {
     pub key: u64,
     /// Taken by the lane when it writes the request.
     pub reply: Option<oneshot::Sender<LaneReply>>,
-}
-
-/// How the request the lane runs differs from what the client sent.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Shape {
-    /// As sent (statement names aside).
-    AsSent,
-    /// A simple Query run as Bind/Describe/Execute of a prepared statement: BindComplete
-    /// and NoData are not the client's, and an error before it runs (the statement went
-    /// stale) sends the Query back to its session to run as sent.
-    Lifted,
-    /// An unnamed Parse run as a named statement the connection keeps: the client gets
-    /// its ParseComplete, and an error before the Bind completes sends the request back
-    /// to its session to run as sent.
-    Renamed,
-}
-
-impl Shape {
-    /// An error before BindComplete may be the lane's doing, not the client's.
-    pub(crate) fn may_fall_back(self) -> bool {
-        self != Shape::AsSent
-    }
 }
 
 pub(crate) enum LaneReply {
@@ -343,8 +322,8 @@ impl Engine {
                     return None;
                 }
                 let lifted = std::mem::take(lift).resolve(views::sql_of(QUERY_TAG, body)?)?;
-                let key = auto_prepare::id_of(&lifted);
-                let name = auto_prepare::name(key);
+                let key = kept::id_of(&lifted);
+                let name = kept::name(key);
                 let mut msgs = BytesMut::new();
                 auto_prepare::put_execute(&name, &lifted, body, &mut msgs);
                 LaneRequest {

@@ -9,7 +9,7 @@
 use super::slow::Why;
 use super::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
 use crate::backend::prepared::PreparedSet;
-use crate::engine::exchange::auto_prepare;
+use crate::engine::exchange::{auto_prepare, kept};
 use crate::engine::{give_back, Server};
 use crate::protocol::{to_client, to_server, Frame};
 use crate::topology::Node;
@@ -345,8 +345,8 @@ fn on_server(
         }
         b'n' => !lifted,
         b'E' => {
-            let early = f.req.shape.may_fall_back()
-                && auto_prepare::early_error_falls_back(f.bound, &data[5..]);
+            let early =
+                f.req.shape.may_fall_back() && kept::early_error_falls_back(f.bound, &data[5..]);
             if let Some(name) = f.parse.take() {
                 // The lane's Parse failed: the statement was never created.
                 prepared.remove(&name);
