@@ -122,15 +122,7 @@ async fn startup(mut stream: Stream, mut packet: BytesMut) -> Result<Initial, St
         .collect();
     if msg.protocol_number_minor > 0 || !unsupported.is_empty() {
         let mut b = BytesMut::new();
-        b.put_u8(b'v');
-        let body_len = 4 + 4 + 4 + unsupported.iter().map(|s| s.len() + 1).sum::<usize>();
-        b.put_u32(body_len as u32);
-        b.put_i32(0);
-        b.put_i32(unsupported.len() as i32);
-        for s in &unsupported {
-            b.put_slice(s.as_bytes());
-            b.put_u8(0);
-        }
+        to_client::negotiate_protocol_version(&mut b, 0, &unsupported);
         stream.write_all(&b).await?;
         for s in &unsupported {
             params.remove(s);

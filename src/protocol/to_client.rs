@@ -76,3 +76,17 @@ pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
     encode(buf, &BackendKeyData::new(pid, SecretKey::I32(secret)));
 }
+
+/// NegotiateProtocolVersion: the newest minor version supported and the protocol
+/// options (`_pq_.*`) declined.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unsupported: &[String]) {
+    let body_len = 4 + 4 + 4 + unsupported.iter().map(|s| s.len() + 1).sum::<usize>();
+    buf.put_u8(b'v');
+    buf.put_u32(body_len as u32);
+    buf.put_i32(minor);
+    buf.put_i32(unsupported.len() as i32);
+    for s in unsupported {
+        buf.put_slice(s.as_bytes());
+        buf.put_u8(0);
+    }
+}

@@ -144,6 +144,16 @@ pub enum PinReason {
     SavepointUndoesSet,
 }
 
+/// The access mode a statement gives a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxnAccess {
+    /// Not given: the session's default (read-write for the proxy's purposes).
+    #[default]
+    Unstated,
+    ReadOnly,
+    ReadWrite,
+}
+
 /// A SET or RESET of a run-time parameter. Names are lower-cased (PostgreSQL matches them
 /// case-insensitively); `value` is SQL text valid after `SET name = `.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,9 +190,8 @@ pub struct StatementInfo {
     /// Calls a function whose result changes from call to call or node to node (now(),
     /// random(), nextval, ...): such results must not be cached.
     pub volatile_function: bool,
-    /// BEGIN / START TRANSACTION / SET TRANSACTION: Some(true) for READ ONLY, Some(false) for
-    /// READ WRITE, None when not given.
-    pub read_only_txn: Option<bool>,
+    /// The access mode BEGIN / START TRANSACTION / SET TRANSACTION gives, if any.
+    pub access: TxnAccess,
     pub set: Option<SetStmt>,
     pub pins: Option<PinReason>,
 }
@@ -197,7 +206,7 @@ impl StatementInfo {
             locking: false,
             writing_function: false,
             volatile_function: false,
-            read_only_txn: None,
+            access: TxnAccess::Unstated,
             set: None,
             pins: None,
         }

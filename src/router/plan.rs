@@ -1,7 +1,7 @@
 //! The routing decision: a pure function from what a request does, the session's state,
 //! the topology and the config to a Plan. No I/O; every rule is a unit test below.
 
-use super::analysis::{Analysis, PinReason, StatementKind};
+use super::analysis::{Analysis, PinReason, StatementKind, TxnAccess};
 use super::fingerprint::Hint;
 use crate::config::RoutingConfig;
 
@@ -152,10 +152,10 @@ fn plan_one(a: &Analysis, hint: Option<Hint>, session: &SessionView) -> Plan {
     let begins_read_only = a
         .statements
         .iter()
-        .any(|s| s.kind == StatementKind::Begin && s.read_only_txn == Some(true));
+        .any(|s| s.kind == StatementKind::Begin && s.access == TxnAccess::ReadOnly);
     if a.statements
         .iter()
-        .any(|s| s.kind == StatementKind::Begin && s.read_only_txn != Some(true))
+        .any(|s| s.kind == StatementKind::Begin && s.access != TxnAccess::ReadOnly)
     {
         return Plan::primary(Reason::Transaction);
     }

@@ -8,7 +8,7 @@ use sqlparser::ast::{
 };
 
 use super::collect::collect;
-use super::{PinReason, SetStmt, StatementInfo, StatementKind};
+use super::{PinReason, SetStmt, StatementInfo, StatementKind, TxnAccess};
 
 pub(super) fn classify(stmt: &Statement, extra: &[String]) -> StatementInfo {
     match stmt {
@@ -28,7 +28,7 @@ pub(super) fn classify(stmt: &Statement, extra: &[String]) -> StatementInfo {
             StatementInfo {
                 kind: StatementKind::Prepare,
                 pins: Some(PinReason::SqlPrepare),
-                read_only_txn: None,
+                access: TxnAccess::Unstated,
                 set: None,
                 ..inner
             }
@@ -61,7 +61,7 @@ fn explain(inner: StatementInfo, analyze: bool) -> StatementInfo {
         return StatementInfo {
             kind: StatementKind::Explain,
             writing_function: inner.writing_function || unknown_effect,
-            read_only_txn: None,
+            access: TxnAccess::Unstated,
             set: None,
             ..inner
         };
@@ -236,7 +236,7 @@ fn is_ddl(stmt: &Statement) -> bool {
 /// Facts that come from the statement itself rather than from its tables and expressions.
 fn statement_facts(stmt: &Statement, info: &mut StatementInfo) {
     match stmt {
-        Statement::StartTransaction { modes, .. } => info.read_only_txn = access_mode(modes),
+        Statement::StartTransaction { modes, .. } => info.access = access_mode(modes),
         Statement::Set(s) => set_facts(s, info),
         Statement::Reset(r) => {
             info.set = Some(match &r.reset {
@@ -265,12 +265,20 @@ fn statement_facts(stmt: &Statement, info: &mut StatementInfo) {
     }
 }
 
-fn access_mode(modes: &[TransactionMode]) -> Option<bool> {
-    modes.iter().rev().find_map(|m| match m {
-        TransactionMode::AccessMode(TransactionAccessMode::ReadOnly) => Some(true),
-        TransactionMode::AccessMode(TransactionAccessMode::ReadWrite) => Some(false),
-        TransactionMode::IsolationLevel(_) => None,
-    })
+fn access_mode(modes: &[TransactionMode]) -> TxnAccess {
+    modes
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            TransactionMode::AccessMode(TransactionAccessMode::ReadOnly) => {
+                Some(TxnAccess::ReadOnly)
+            }
+            TransactionMode::AccessMode(TransactionAccessMode::ReadWrite) => {
+                Some(TxnAccess::ReadWrite)
+            }
+            TransactionMode::IsolationLevel(_) => None,
+        })
+        .unwrap_or_default()
 }
 
 /// GUC names are case-insensitive in PostgreSQL, quoted or not.
@@ -342,7 +350,7 @@ fn set_facts(s: &Set, info: &mut StatementInfo) {
         Set::SetTransaction { modes, session, .. } => {
             // Transaction characteristics are not a parameter the session must carry.
             if !session {
-                info.read_only_txn = access_mode(modes);
+                info.access = access_mode(modes);
             }
             return;
         }

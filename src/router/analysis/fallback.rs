@@ -4,7 +4,9 @@
 
 use super::classify::classify;
 use super::lexer::{split_statements, Lexer, Token, TokenKind};
-use super::{parse, Analysis, PinReason, SetStmt, StatementInfo, StatementKind, TableRef};
+use super::{
+    parse, Analysis, PinReason, SetStmt, StatementInfo, StatementKind, TableRef, TxnAccess,
+};
 
 pub(super) fn analyze_each(sql: &str, extra: &[String]) -> Analysis {
     let mut statements = Vec::new();
@@ -151,7 +153,7 @@ fn keyword_fallback(text: &str) -> Option<StatementInfo> {
                 return None;
             }
             StatementInfo {
-                read_only_txn: read_only(&w),
+                access: access_mode(&w),
                 ..StatementInfo::new(K::Begin)
             }
         }
@@ -185,18 +187,21 @@ fn keyword_fallback(text: &str) -> Option<StatementInfo> {
     Some(info)
 }
 
-fn read_only(w: &Words<'_>) -> Option<bool> {
-    (0..w.toks.len()).rev().find_map(|i| {
-        if !w.is(i, "read") {
-            None
-        } else if w.is(i + 1, "only") {
-            Some(true)
-        } else if w.is(i + 1, "write") {
-            Some(false)
-        } else {
-            None
-        }
-    })
+fn access_mode(w: &Words<'_>) -> TxnAccess {
+    (0..w.toks.len())
+        .rev()
+        .find_map(|i| {
+            if !w.is(i, "read") {
+                None
+            } else if w.is(i + 1, "only") {
+                Some(TxnAccess::ReadOnly)
+            } else if w.is(i + 1, "write") {
+                Some(TxnAccess::ReadWrite)
+            } else {
+                None
+            }
+        })
+        .unwrap_or_default()
 }
 
 fn reset(w: &Words<'_>) -> Option<StatementInfo> {
@@ -256,7 +261,7 @@ fn set(w: &Words<'_>) -> Option<StatementInfo> {
     } else if w.is(i, "constraints") || w.is(i, "transaction") || w.is(i, "characteristics") {
         // Transaction-scoped: nothing for the session to carry.
         if w.is(i, "transaction") {
-            info.read_only_txn = read_only(w);
+            info.access = access_mode(w);
         }
         return Some(info);
     } else {

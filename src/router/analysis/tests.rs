@@ -46,7 +46,11 @@ impl StatementInfo {
         self
     }
     fn ro(mut self, read_only: bool) -> Self {
-        self.read_only_txn = Some(read_only);
+        self.access = if read_only {
+            TxnAccess::ReadOnly
+        } else {
+            TxnAccess::ReadWrite
+        };
         self
     }
     fn set_(mut self, name: &str, value: &str, local: bool) -> Self {
