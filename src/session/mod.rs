@@ -58,3 +58,36 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+impl Session {
+    /// A transaction-pooling session of user `app` on database `app`, in strict mode,
+    /// started with `startup` (kept as SQL literals, as the login keeps them).
+    pub(crate) fn for_tests(startup: &[(&str, &str)]) -> Session {
+        Session {
+            mode: PoolMode::Transaction,
+            database: "app".into(),
+            user: Arc::new(ResolvedUser {
+                name: "app".into(),
+                password: "app".into(),
+                server_user: "app".into(),
+                server_password: "app".into(),
+            }),
+            startup_params: startup
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            params: startup
+                .iter()
+                .map(|(k, v)| (k.to_string(), crate::backend::conn::quote_literal(v)))
+                .collect(),
+            route_override: RouteOverride::Auto,
+            pinned: None,
+            clock: Arc::default(),
+            consistency: ConsistencyMode::Strict,
+            read_turn: None,
+            read_draw: 0.0,
+            statements: ClientStatements::default(),
+        }
+    }
+}

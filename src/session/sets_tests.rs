@@ -2,38 +2,12 @@
 //! the session keeps once the server committed (or did not).
 
 use super::super::Session;
-use crate::config::{ConsistencyMode, PoolMode, ResolvedUser};
-use crate::engine::exchange::statements::ClientStatements;
+use crate::config::ConsistencyMode;
 use crate::router::analysis::{analyze, PinReason, SetStmt};
 use crate::router::plan::RouteOverride;
-use std::sync::Arc;
 
 fn session(startup: &[(&str, &str)]) -> Session {
-    Session {
-        mode: PoolMode::Transaction,
-        database: "app".into(),
-        user: Arc::new(ResolvedUser {
-            name: "app".into(),
-            password: "app".into(),
-            server_user: "app".into(),
-            server_password: "app".into(),
-        }),
-        startup_params: startup
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        params: startup
-            .iter()
-            .map(|(k, v)| (k.to_string(), format!("'{v}'")))
-            .collect(),
-        route_override: RouteOverride::Auto,
-        pinned: None,
-        clock: Arc::default(),
-        consistency: ConsistencyMode::Strict,
-        read_turn: None,
-        read_draw: 0.0,
-        statements: ClientStatements::default(),
-    }
+    Session::for_tests(startup)
 }
 
 /// Runs each statement through the rules, settling its SETs as `committed`; returns

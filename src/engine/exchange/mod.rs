@@ -12,6 +12,8 @@ pub mod statements;
 pub(crate) mod txn;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;
 
 use crate::backend::prepared::PreparedSet;

@@ -4,6 +4,12 @@
 
 use super::kept;
 use crate::backend::prepared::PreparedSet;
+use crate::protocol::tags::backend::{
+    BIND_COMPLETE_TAG, CLOSE_COMPLETE_TAG, COMMAND_COMPLETE_TAG, COPY_IN_RESPONSE_TAG,
+    EMPTY_QUERY_RESPONSE_TAG, ERROR_RESPONSE_TAG, NOTICE_RESPONSE_TAG, NOTIFICATION_RESPONSE_TAG,
+    NO_DATA_TAG, PARAMETER_STATUS_TAG, PARSE_COMPLETE_TAG, PORTAL_SUSPENDED_TAG,
+    READY_FOR_QUERY_TAG, ROW_DESCRIPTION_TAG,
+};
 use crate::protocol::tags::frontend::{BIND_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
 use crate::protocol::{to_client, to_server, walk};
 use bytes::{Bytes, BytesMut};
@@ -248,18 +254,18 @@ impl Pipeline {
             return true;
         };
         match tag {
-            b'1' if *parse_pending => {
+            PARSE_COMPLETE_TAG if *parse_pending => {
                 *parse_pending = false;
                 false
             }
-            b'2' if !*bound => {
+            BIND_COMPLETE_TAG if !*bound => {
                 *bound = true;
                 false
             }
             // Describe of a statement without rows (UPDATE without RETURNING): the
             // simple protocol sends nothing in its place.
-            b'n' => false,
-            b'E' => {
+            NO_DATA_TAG => false,
+            ERROR_RESPONSE_TAG => {
                 if *parse_pending {
                     // The statement was never created.
                     prepared.remove(&kept::name(*id));
@@ -271,7 +277,7 @@ impl Pipeline {
                 *failed = Some(Bytes::copy_from_slice(body));
                 false
             }
-            b'Z' => {
+            READY_FOR_QUERY_TAG => {
                 let Some(Expect::AutoQuery {
                     ord,
                     id,
@@ -331,31 +337,31 @@ impl Pipeline {
             return true;
         };
         match tag {
-            b'1' if *parse_pending => {
+            PARSE_COMPLETE_TAG if *parse_pending => {
                 *parse_pending = false;
                 *parsed = true;
                 false
             }
-            b'2' if !*bound && failed.is_none() => {
+            BIND_COMPLETE_TAG if !*bound && failed.is_none() => {
                 *bound = true;
-                to_client::empty(out, b'1');
+                to_client::empty(out, PARSE_COMPLETE_TAG);
                 true
             }
-            b'E' if failed.is_none() => {
+            ERROR_RESPONSE_TAG if failed.is_none() => {
                 if std::mem::take(parse_pending) {
                     // The statement was never created.
                     prepared.remove(name);
                 }
                 if !kept::early_error_falls_back(*bound, body) {
                     if !*bound && *parsed {
-                        to_client::empty(out, b'1');
+                        to_client::empty(out, PARSE_COMPLETE_TAG);
                     }
                     return true;
                 }
                 *failed = Some(Bytes::copy_from_slice(body));
                 false
             }
-            b'Z' => {
+            READY_FOR_QUERY_TAG => {
                 let Some(Expect::Renamed {
                     ord,
                     name,
@@ -379,7 +385,7 @@ impl Pipeline {
                 // The client pipelined more behind it, already sent: it gets the error.
                 self.completed = ord;
                 if parsed {
-                    to_client::empty(out, b'1');
+                    to_client::empty(out, PARSE_COMPLETE_TAG);
                 }
                 to_client::error_with_body(out, &error);
                 true
@@ -438,18 +444,22 @@ impl Pipeline {
         out: &mut BytesMut,
     ) -> bool {
         // Asynchronous messages may come at any point.
-        if matches!(tag, b'N' | b'S' | b'A') {
+        if matches!(
+            tag,
+            NOTICE_RESPONSE_TAG | PARAMETER_STATUS_TAG | NOTIFICATION_RESPONSE_TAG
+        ) {
             return true;
         }
         self.flush_injects(out);
         match (self.q.front(), tag) {
             (Some(Expect::AutoQuery { .. }), _) => return self.on_auto(tag, body, prepared, out),
             (Some(Expect::Renamed { .. }), _) => return self.on_renamed(tag, body, prepared, out),
-            (Some(Expect::Prepare { .. }), b'1') | (Some(Expect::PrepareSync), b'Z') => {
+            (Some(Expect::Prepare { .. }), PARSE_COMPLETE_TAG)
+            | (Some(Expect::PrepareSync), READY_FOR_QUERY_TAG) => {
                 self.q.pop_front();
                 return false;
             }
-            (Some(Expect::Prepare { .. }), b'E') => {
+            (Some(Expect::Prepare { .. }), ERROR_RESPONSE_TAG) => {
                 // The server skips to the Sync: none of these statements exists.
                 while let Some(e) = self.q.pop_front() {
                     match e {
@@ -465,41 +475,48 @@ impl Pipeline {
             }
             _ => {}
         }
-        if tag == b'G' {
+        if tag == COPY_IN_RESPONSE_TAG {
             self.copy_in_started();
         }
-        if tag == b'C' && (body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL"))
+        if tag == COMMAND_COMPLETE_TAG
+            && (body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL"))
         {
             prepared.clear();
         }
         let forward = match (self.q.front(), tag) {
-            (Some(Expect::Parse { hide, .. }), b'1') => {
+            (Some(Expect::Parse { hide, .. }), PARSE_COMPLETE_TAG) => {
                 let hide = *hide;
                 self.q.pop_front();
                 !hide
             }
-            (Some(e), b'Z') if e.owes_ready() => {
+            (Some(e), READY_FOR_QUERY_TAG) if e.owes_ready() => {
                 if let Some(mut e) = self.q.pop_front() {
                     self.completed = e.ord_mut().map_or(self.completed, |o| *o);
                 }
                 true
             }
-            (Some(Expect::Bind), b'2')
-            | (Some(Expect::DescribeStatement | Expect::DescribePortal), b'T' | b'n')
-            | (Some(Expect::Execute), b'C' | b'I' | b's') => {
+            (Some(Expect::Bind), BIND_COMPLETE_TAG)
+            | (
+                Some(Expect::DescribeStatement | Expect::DescribePortal),
+                ROW_DESCRIPTION_TAG | NO_DATA_TAG,
+            )
+            | (
+                Some(Expect::Execute),
+                COMMAND_COMPLETE_TAG | EMPTY_QUERY_RESPONSE_TAG | PORTAL_SUSPENDED_TAG,
+            ) => {
                 self.q.pop_front();
                 true
             }
-            (Some(Expect::Close { hide }), b'3') => {
+            (Some(Expect::Close { hide }), CLOSE_COMPLETE_TAG) => {
                 let hide = *hide;
                 self.q.pop_front();
                 !hide
             }
-            (Some(Expect::Query { .. } | Expect::FunctionCall { .. }), b'E') => {
+            (Some(Expect::Query { .. } | Expect::FunctionCall { .. }), ERROR_RESPONSE_TAG) => {
                 self.copy_in = false;
                 true
             }
-            (_, b'E') => {
+            (_, ERROR_RESPONSE_TAG) => {
                 self.copy_in = false;
                 // The server skips everything up to the next Sync after an error in an
                 // extended batch; so do the expectations, including replies we owed.
@@ -518,7 +535,7 @@ impl Pipeline {
                 true
             }
             (Some(e), _) if e.owes_ready() => true,
-            (_, b'Z') => {
+            (_, READY_FOR_QUERY_TAG) => {
                 // Out of step (should not happen): resynchronise on this Sync.
                 self.completed = self.pushed;
                 while let Some(mut e) = self.q.pop_front() {

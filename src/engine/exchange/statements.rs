@@ -4,7 +4,11 @@
 
 use super::pipeline::{Expect, Pipeline};
 use crate::backend::prepared::PreparedSet;
-use crate::protocol::tags::frontend::BIND_TAG;
+use crate::protocol::tags::backend::{CLOSE_COMPLETE_TAG, PARSE_COMPLETE_TAG};
+use crate::protocol::tags::frontend::{
+    BIND_TAG, CLOSE_TAG, COPY_DONE_TAG, COPY_FAIL_TAG, DESCRIBE_TAG, EXECUTE_TAG,
+    FUNCTION_CALL_TAG, PARSE_TAG, QUERY_TAG, SYNC_TAG,
+};
 use crate::protocol::to_server::{self, splice};
 use crate::protocol::views::cstr;
 use crate::protocol::{walk, Frame};
@@ -119,16 +123,16 @@ impl ClientStatements {
         pipeline: &mut Pipeline,
         to_server: &mut BytesMut,
     ) -> Option<Arc<Analysis>> {
-        if matches!(frame.tag, b'P' | b'B' | b'D' | b'C') {
+        if matches!(frame.tag, PARSE_TAG | BIND_TAG | DESCRIBE_TAG | CLOSE_TAG) {
             let s = self.0.get_or_insert_with(Box::default);
             return s.rewrite(frame, cache, prepared, pipeline, to_server);
         }
         match frame.tag {
-            b'E' => pipeline.push(Expect::Execute),
-            b'S' => pipeline.client_sync(),
-            b'c' | b'f' => pipeline.client_copy_end(),
-            b'Q' => pipeline.push(Expect::Query { ord: 0 }),
-            b'F' => pipeline.push(Expect::FunctionCall { ord: 0 }),
+            EXECUTE_TAG => pipeline.push(Expect::Execute),
+            SYNC_TAG => pipeline.client_sync(),
+            COPY_DONE_TAG | COPY_FAIL_TAG => pipeline.client_copy_end(),
+            QUERY_TAG => pipeline.push(Expect::Query { ord: 0 }),
+            FUNCTION_CALL_TAG => pipeline.push(Expect::FunctionCall { ord: 0 }),
             _ => {}
         }
         to_server.unsplit(frame.data);
@@ -167,7 +171,7 @@ impl ClientStatements {
             at += frame.len();
             let rest = &req[at..];
             match tag {
-                b'P' if read.is_none() && parsed.is_none() => {
+                PARSE_TAG if read.is_none() && parsed.is_none() => {
                     let (name, after) = cstr(body)?;
                     if !name.is_empty() {
                         return None;
@@ -183,7 +187,7 @@ impl ClientStatements {
                         }),
                     });
                 }
-                b'B' if read.is_none() => {
+                BIND_TAG if read.is_none() => {
                     let (portal, after) = cstr(body)?;
                     let (stmt, tail) = cstr(after)?;
                     if !portal.is_empty() {
@@ -203,7 +207,7 @@ impl ClientStatements {
                                 let n = name.as_bytes();
                                 (
                                     name.clone(),
-                                    message(b'P', &[n, b"\0", after_name]).freeze(),
+                                    message(PARSE_TAG, &[n, b"\0", after_name]).freeze(),
                                 )
                             }
                         };
@@ -227,14 +231,14 @@ impl ClientStatements {
                         }
                     });
                 }
-                b'D' if read.is_some() && !executed && body == b"P\0" => {
+                DESCRIBE_TAG if read.is_some() && !executed && body == b"P\0" => {
                     msgs.extend_from_slice(frame);
                 }
-                b'E' if read.is_some() && !executed && cstr(body)?.0.is_empty() => {
+                EXECUTE_TAG if read.is_some() && !executed && cstr(body)?.0.is_empty() => {
                     executed = true;
                     msgs.extend_from_slice(frame);
                 }
-                b'S' if executed && rest.is_empty() => {
+                SYNC_TAG if executed && rest.is_empty() => {
                     let mut read = read?;
                     read.msgs = msgs;
                     if let Some(p) = parsed {
@@ -289,7 +293,7 @@ impl Statements {
     ) -> Option<Arc<Analysis>> {
         let body = frame.body();
         match frame.tag {
-            b'P' => {
+            PARSE_TAG => {
                 if let Some((name, rest)) = cstr(body) {
                     let sql = cstr(rest)
                         .and_then(|(q, _)| std::str::from_utf8(q).ok())
@@ -314,13 +318,13 @@ impl Statements {
                     let mut n = server_name.as_bytes().to_vec();
                     n.push(0);
                     let stmt = Arc::new(Stmt {
-                        parse: message(b'P', &[&n, rest]).freeze(),
+                        parse: message(PARSE_TAG, &[&n, rest]).freeze(),
                         server_name,
                         analysis: analysis.clone(),
                     });
                     self.map.insert(name.into(), stmt.clone());
                     if prepared.touch(&stmt.server_name) {
-                        pipeline.push(Expect::Inject(b'1'));
+                        pipeline.push(Expect::Inject(PARSE_COMPLETE_TAG));
                     } else {
                         add(&stmt, prepared, pipeline, to_server, false);
                     }
@@ -331,7 +335,7 @@ impl Statements {
                     hide: false,
                 });
             }
-            b'B' => {
+            BIND_TAG => {
                 let target = cstr(body).and_then(|(portal, rest)| {
                     let (stmt, tail) = cstr(rest)?;
                     Some((portal, stmt, tail))
@@ -345,7 +349,7 @@ impl Statements {
                             p.push(0);
                             let mut n = stmt.server_name.as_bytes().to_vec();
                             n.push(0);
-                            to_server.unsplit(message(b'B', &[&p, &n, tail]));
+                            to_server.unsplit(message(BIND_TAG, &[&p, &n, tail]));
                             return None;
                         }
                     }
@@ -354,7 +358,7 @@ impl Statements {
                 }
                 pipeline.push(Expect::Bind);
             }
-            b'D' => match body.split_first() {
+            DESCRIBE_TAG => match body.split_first() {
                 Some((b'S', rest)) => {
                     let name = cstr(rest).map(|(n, _)| n).unwrap_or_default();
                     if name.is_empty() {
@@ -364,7 +368,7 @@ impl Statements {
                         let mut n = vec![b'S'];
                         n.extend_from_slice(stmt.server_name.as_bytes());
                         n.push(0);
-                        to_server.unsplit(message(b'D', &[&n]));
+                        to_server.unsplit(message(DESCRIBE_TAG, &[&n]));
                         pipeline.push(Expect::DescribeStatement);
                         return None;
                     }
@@ -372,14 +376,14 @@ impl Statements {
                 }
                 _ => pipeline.push(Expect::DescribePortal),
             },
-            b'C' => {
+            CLOSE_TAG => {
                 if let Some((b'S', rest)) = body.split_first() {
                     if let Some((name, _)) = cstr(rest) {
                         if !name.is_empty() {
                             // The server keeps its copy for other clients; the client
                             // gets its CloseComplete as if it had been closed.
                             self.map.remove(name);
-                            pipeline.push(Expect::Inject(b'3'));
+                            pipeline.push(Expect::Inject(CLOSE_COMPLETE_TAG));
                             return None;
                         }
                     }

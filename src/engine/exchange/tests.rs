@@ -3,116 +3,10 @@
 //! (commits to capture, settings kept, pins). The pipeline's own cases are in
 //! pipeline_tests.rs and its siblings.
 
+use super::fixtures::*;
 use super::*;
-use crate::config::{load_str, ConsistencyMode, PoolMode, ResolvedUser};
-use crate::engine::exchange::statements::ClientStatements;
+use crate::config::load_str;
 use crate::protocol::walk;
-use crate::router::plan::RouteOverride;
-
-// --- Messages, as they go on the wire. ---
-
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    msg(b'Q', &cstr(sql))
-}
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    msg(b'P', &[cstr(name), cstr(sql), vec![0, 0]].concat())
-}
-fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
-    let mut b = [cstr(""), cstr(stmt), vec![0, 0]].concat();
-    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-    for p in params {
-        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        b.extend_from_slice(p.as_bytes());
-    }
-    b.extend_from_slice(&[0, 0]);
-    msg(b'B', &b)
-}
-fn describe_portal() -> Vec<u8> {
-    msg(b'D', b"P\0")
-}
-fn execute(max_rows: i32) -> Vec<u8> {
-    msg(b'E', &[cstr(""), max_rows.to_be_bytes().to_vec()].concat())
-}
-fn sync() -> Vec<u8> {
-    msg(b'S', b"")
-}
-fn flush() -> Vec<u8> {
-    msg(b'H', b"")
-}
-fn copy_data(row: &str) -> Vec<u8> {
-    msg(b'd', row.as_bytes())
-}
-fn copy_done() -> Vec<u8> {
-    msg(b'c', b"")
-}
-
-fn parse_complete() -> Vec<u8> {
-    msg(b'1', b"")
-}
-fn bind_complete() -> Vec<u8> {
-    msg(b'2', b"")
-}
-fn close_complete() -> Vec<u8> {
-    msg(b'3', b"")
-}
-fn row_description() -> Vec<u8> {
-    let mut b = 1i16.to_be_bytes().to_vec();
-    b.extend(cstr("v"));
-    b.extend_from_slice(&[
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 255, 255, 255, 255, 0, 0,
-    ]);
-    msg(b'T', &b)
-}
-fn data_row(v: &str) -> Vec<u8> {
-    let mut b = 1i16.to_be_bytes().to_vec();
-    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-    b.extend_from_slice(v.as_bytes());
-    msg(b'D', &b)
-}
-fn complete(tag: &str) -> Vec<u8> {
-    msg(b'C', &cstr(tag))
-}
-fn ready(status: u8) -> Vec<u8> {
-    msg(b'Z', &[status])
-}
-fn error(code: &str, message: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    for (t, v) in [
-        (b'S', "ERROR"),
-        (b'V', "ERROR"),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        b.push(t);
-        b.extend(cstr(v));
-    }
-    b.push(0);
-    msg(b'E', &b)
-}
-fn parameter_status(name: &str, value: &str) -> Vec<u8> {
-    msg(b'S', &[cstr(name), cstr(value)].concat())
-}
-fn copy_in_response() -> Vec<u8> {
-    msg(b'G', &[0, 0, 1, 0, 0])
-}
-
-/// A byte stream cut into its messages.
-fn msgs(b: &[u8]) -> Vec<Vec<u8>> {
-    walk::messages(b).map(|m| m.bytes.to_vec()).collect()
-}
 
 // --- The rig: an exchange with everything it reads and changes. ---
 
@@ -156,25 +50,7 @@ impl Rig {
         .expect("config");
         Rig {
             x: Exchange::new(),
-            session: Session {
-                mode: PoolMode::Transaction,
-                database: "app".into(),
-                user: Arc::new(ResolvedUser {
-                    name: "app".into(),
-                    password: "app".into(),
-                    server_user: "app".into(),
-                    server_password: "app".into(),
-                }),
-                startup_params: Vec::new(),
-                params: Vec::new(),
-                route_override: RouteOverride::Auto,
-                pinned: None,
-                clock: Arc::default(),
-                consistency: ConsistencyMode::Strict,
-                read_turn: None,
-                read_draw: 0.0,
-                statements: ClientStatements::default(),
-            },
+            session: Session::for_tests(&[]),
             config,
             cache: ParseCache::new(64, Vec::new()),
             prepared: PreparedSet::new(16),
@@ -250,8 +126,8 @@ fn an_autocommit_write_reports_its_commit_with_the_tables_it_wrote() {
     r.request(&q);
     assert_eq!(r.sent(), [q]);
     assert!(!r.x.idle());
-    r.server(&[complete("UPDATE 1"), ready(b'I')]);
-    assert_eq!(r.got(), [complete("UPDATE 1"), ready(b'I')]);
+    r.server(&[command_complete("UPDATE 1"), ready(b'I')]);
+    assert_eq!(r.got(), [command_complete("UPDATE 1"), ready(b'I')]);
     assert_eq!(r.commits(), [(tables(&["t"]), false)]);
     assert!(r.x.idle());
 }
@@ -260,16 +136,16 @@ fn an_autocommit_write_reports_its_commit_with_the_tables_it_wrote() {
 fn a_block_reports_its_writes_only_at_its_commit() {
     let mut r = Rig::new(false);
     r.request(&query("begin"));
-    r.server(&[complete("BEGIN"), ready(b'T')]);
+    r.server(&[command_complete("BEGIN"), ready(b'T')]);
     r.client(&query("update t set v = 1"));
-    r.server(&[complete("UPDATE 1"), ready(b'T')]);
+    r.server(&[command_complete("UPDATE 1"), ready(b'T')]);
     r.client(&query("insert into u values (1)"));
-    r.server(&[complete("INSERT 0 1"), ready(b'T')]);
+    r.server(&[command_complete("INSERT 0 1"), ready(b'T')]);
     assert!(r.commits().is_empty());
     assert!(!r.x.idle(), "a transaction is open");
     assert!(r.x.quiet());
     r.client(&query("commit"));
-    r.server(&[complete("COMMIT"), ready(b'I')]);
+    r.server(&[command_complete("COMMIT"), ready(b'I')]);
     assert_eq!(r.commits(), [(tables(&["t", "u"]), false)]);
     assert!(r.x.idle());
 }
@@ -283,20 +159,26 @@ fn a_block_that_did_not_commit_reports_nothing() {
     // an autocommit write that failed.
     let cases: Vec<Vec<Turn>> = vec![
         vec![
-            (query("begin"), vec![complete("BEGIN"), ready(b'T')]),
+            (query("begin"), vec![command_complete("BEGIN"), ready(b'T')]),
             (
                 query("update t set v = 1"),
-                vec![complete("UPDATE 1"), ready(b'T')],
+                vec![command_complete("UPDATE 1"), ready(b'T')],
             ),
-            (query("rollback"), vec![complete("ROLLBACK"), ready(b'I')]),
+            (
+                query("rollback"),
+                vec![command_complete("ROLLBACK"), ready(b'I')],
+            ),
         ],
         vec![
-            (query("begin"), vec![complete("BEGIN"), ready(b'T')]),
+            (query("begin"), vec![command_complete("BEGIN"), ready(b'T')]),
             (
                 query("update t set v = 1"),
                 vec![error("23505", "duplicate"), ready(b'E')],
             ),
-            (query("commit"), vec![complete("ROLLBACK"), ready(b'I')]),
+            (
+                query("commit"),
+                vec![command_complete("ROLLBACK"), ready(b'I')],
+            ),
         ],
         vec![(
             query("update t set v = 1"),
@@ -323,13 +205,13 @@ fn a_block_that_did_not_commit_reports_nothing() {
 fn a_commit_whose_sql_may_turn_synchronous_commit_off_is_marked_unflushed() {
     let mut r = Rig::new(false);
     r.request(&query("begin"));
-    r.server(&[complete("BEGIN"), ready(b'T')]);
+    r.server(&[command_complete("BEGIN"), ready(b'T')]);
     r.client(&query("set local synchronous_commit = off"));
-    r.server(&[complete("SET"), ready(b'T')]);
+    r.server(&[command_complete("SET"), ready(b'T')]);
     r.client(&query("delete from t"));
-    r.server(&[complete("DELETE 3"), ready(b'T')]);
+    r.server(&[command_complete("DELETE 3"), ready(b'T')]);
     r.client(&query("commit"));
-    r.server(&[complete("COMMIT"), ready(b'I')]);
+    r.server(&[command_complete("COMMIT"), ready(b'I')]);
     assert_eq!(r.commits(), [(tables(&["t"]), true)]);
 }
 
@@ -338,15 +220,15 @@ fn requests_pipelined_behind_one_another_count_at_their_own_ready_for_query() {
     let mut r = Rig::new(false);
     let first = [
         parse("", "update t set v = 1"),
-        bind("", &[]),
-        execute(0),
+        bind("", "", &[]),
+        execute("", 0),
         sync(),
     ]
     .concat();
     let second = [
         parse("", "update u set v = 1"),
-        bind("", &[]),
-        execute(0),
+        bind("", "", &[]),
+        execute("", 0),
         sync(),
     ]
     .concat();
@@ -359,7 +241,7 @@ fn requests_pipelined_behind_one_another_count_at_their_own_ready_for_query() {
     r.server(&[
         parse_complete(),
         bind_complete(),
-        complete("UPDATE 1"),
+        command_complete("UPDATE 1"),
         ready(b'I'),
     ]);
     assert_eq!(r.commits(), [(tables(&["u"]), false)]);
@@ -372,15 +254,19 @@ fn requests_pipelined_behind_one_another_count_at_their_own_ready_for_query() {
 fn a_session_set_is_kept_for_the_client_once_committed() {
     let mut r = Rig::new(false);
     r.request(&query("set search_path = a"));
-    r.server(&[complete("SET"), ready(b'I')]);
+    r.server(&[command_complete("SET"), ready(b'I')]);
     let kept = vec![("search_path".to_string(), "a".to_string())];
     assert_eq!(r.session.params, kept);
     assert_eq!(r.applied, kept, "the server connection carries it");
     // Under a block that rolls back it is not.
     r.client(&query("begin; set work_mem = '1MB'"));
-    r.server(&[complete("BEGIN"), complete("SET"), ready(b'T')]);
+    r.server(&[
+        command_complete("BEGIN"),
+        command_complete("SET"),
+        ready(b'T'),
+    ]);
     r.client(&query("rollback"));
-    r.server(&[complete("ROLLBACK"), ready(b'I')]);
+    r.server(&[command_complete("ROLLBACK"), ready(b'I')]);
     assert_eq!(r.session.params, kept);
 }
 
@@ -399,7 +285,7 @@ fn the_servers_parameter_reports_are_recorded_and_passed_on() {
     r.request(&query("set timezone = 'UTC'"));
     r.server(&[
         parameter_status("TimeZone", "UTC"),
-        complete("SET"),
+        command_complete("SET"),
         ready(b'I'),
     ]);
     assert_eq!(r.params, [("TimeZone".to_string(), "UTC".to_string())]);
@@ -407,13 +293,6 @@ fn the_servers_parameter_reports_are_recorded_and_passed_on() {
 }
 
 // --- auto_prepare: simple Queries and unnamed statements as kept statements. ---
-
-/// The name of the statement a Parse creates.
-fn parse_name(m: &[u8]) -> String {
-    let body = &m[5..];
-    let end = body.iter().position(|&c| c == 0).unwrap();
-    String::from_utf8(body[..end].to_vec()).unwrap()
-}
 
 #[test]
 fn a_simple_read_runs_as_a_kept_statement_and_the_client_sees_the_simple_reply() {
@@ -424,11 +303,11 @@ fn a_simple_read_runs_as_a_kept_statement_and_the_client_sees_the_simple_reply()
     assert_eq!(tags, b"PBDES");
     let name = parse_name(&sent[0]);
     assert!(name.starts_with("pgw_q"), "{name}");
-    assert_eq!(sent[1], bind(&name, &["57203"]));
+    assert_eq!(sent[1], bind("", &name, &["57203"]));
     let simple = [
-        row_description(),
-        data_row("7"),
-        complete("SELECT 1"),
+        row_description(&["v"]),
+        data_row(&["7"]),
+        command_complete("SELECT 1"),
         ready(b'I'),
     ];
     r.server(&[vec![parse_complete(), bind_complete()], simple.to_vec()].concat());
@@ -449,10 +328,10 @@ fn a_kept_statement_gone_stale_runs_the_query_as_sent_and_the_client_sees_only_t
     r.server(&[
         parse_complete(),
         bind_complete(),
-        row_description(),
-        data_row("7"),
+        row_description(&["v"]),
+        data_row(&["7"]),
     ]);
-    r.server(&[complete("SELECT 1"), ready(b'I')]);
+    r.server(&[command_complete("SELECT 1"), ready(b'I')]);
     r.got();
     // After DDL the kept statement fails before it executes.
     r.request(&query("select v from t where id = 57203"));
@@ -466,9 +345,9 @@ fn a_kept_statement_gone_stale_runs_the_query_as_sent_and_the_client_sees_only_t
     crate::protocol::to_server::close_statement(&mut close, &name);
     assert_eq!(r.sent(), [close.to_vec(), q]);
     let simple = [
-        row_description(),
-        data_row("8"),
-        complete("SELECT 1"),
+        row_description(&["v"]),
+        data_row(&["8"]),
+        command_complete("SELECT 1"),
         ready(b'I'),
     ];
     r.server(&[vec![close_complete()], simple.to_vec()].concat());
@@ -481,9 +360,9 @@ fn an_unnamed_statement_runs_renamed_and_its_parse_complete_comes_before_bind_co
     let mut r = Rig::new(true);
     let req = [
         parse("", "select v from t where id = $1"),
-        bind("", &["5"]),
-        describe_portal(),
-        execute(0),
+        bind("", "", &["5"]),
+        describe(b'P', ""),
+        execute("", 0),
         sync(),
     ]
     .concat();
@@ -493,13 +372,13 @@ fn an_unnamed_statement_runs_renamed_and_its_parse_complete_comes_before_bind_co
     assert_eq!(tags, b"PBDES");
     let name = parse_name(&sent[0]);
     assert!(name.starts_with("pgw_") && !name.is_empty(), "{name}");
-    assert_eq!(sent[1], bind(&name, &["5"]));
+    assert_eq!(sent[1], bind("", &name, &["5"]));
     r.server(&[
         parse_complete(),
         bind_complete(),
-        row_description(),
-        data_row("7"),
-        complete("SELECT 1"),
+        row_description(&["v"]),
+        data_row(&["7"]),
+        command_complete("SELECT 1"),
         ready(b'I'),
     ]);
     assert_eq!(
@@ -507,9 +386,9 @@ fn an_unnamed_statement_runs_renamed_and_its_parse_complete_comes_before_bind_co
         [
             parse_complete(),
             bind_complete(),
-            row_description(),
-            data_row("7"),
-            complete("SELECT 1"),
+            row_description(&["v"]),
+            data_row(&["7"]),
+            command_complete("SELECT 1"),
             ready(b'I')
         ]
     );
@@ -522,14 +401,14 @@ fn an_unnamed_statement_runs_renamed_and_its_parse_complete_comes_before_bind_co
 fn copy_from_stdin_keeps_the_server_until_the_copy_ends() {
     let mut r = Rig::new(false);
     r.request(&query("copy t from stdin"));
-    r.server(&[copy_in_response()]);
+    r.server(&[copy_response(b'G')]);
     assert!(!r.x.idle(), "copying");
     r.client(&[copy_data("1\n"), copy_data("2\n"), copy_done()].concat());
     assert!(!r.x.idle(), "the server has not answered the COPY yet");
-    r.server(&[complete("COPY 2"), ready(b'I')]);
+    r.server(&[command_complete("COPY 2"), ready(b'I')]);
     assert_eq!(
         r.got(),
-        [copy_in_response(), complete("COPY 2"), ready(b'I')]
+        [copy_response(b'G'), command_complete("COPY 2"), ready(b'I')]
     );
     assert_eq!(r.commits(), [(tables(&["t"]), false)]);
     assert!(r.x.idle());
@@ -541,8 +420,8 @@ fn a_suspended_portal_keeps_the_batch_open_until_its_sync() {
     r.request(
         &[
             parse("", "select v from t"),
-            bind("", &[]),
-            execute(1),
+            bind("", "", &[]),
+            execute("", 1),
             flush(),
         ]
         .concat(),
@@ -550,21 +429,21 @@ fn a_suspended_portal_keeps_the_batch_open_until_its_sync() {
     r.server(&[
         parse_complete(),
         bind_complete(),
-        data_row("1"),
-        msg(b's', b""),
+        data_row(&["1"]),
+        portal_suspended(),
     ]);
     assert!(!r.x.idle(), "the portal is open, no Sync yet");
-    r.client(&[execute(0), sync()].concat());
-    r.server(&[data_row("2"), complete("SELECT 1"), ready(b'I')]);
+    r.client(&[execute("", 0), sync()].concat());
+    r.server(&[data_row(&["2"]), command_complete("SELECT 1"), ready(b'I')]);
     assert_eq!(
         r.got(),
         [
             parse_complete(),
             bind_complete(),
-            data_row("1"),
-            msg(b's', b""),
-            data_row("2"),
-            complete("SELECT 1"),
+            data_row(&["1"]),
+            portal_suspended(),
+            data_row(&["2"]),
+            command_complete("SELECT 1"),
             ready(b'I')
         ]
     );

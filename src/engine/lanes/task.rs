@@ -11,6 +11,10 @@ use super::{Ensure, LaneReply, LaneRequest, LaneState, Lanes, Shape};
 use crate::backend::prepared::PreparedSet;
 use crate::engine::exchange::{auto_prepare, kept};
 use crate::engine::{give_back, Server};
+use crate::protocol::tags::backend::{
+    BIND_COMPLETE_TAG, CLOSE_COMPLETE_TAG, ERROR_RESPONSE_TAG, NO_DATA_TAG, PARSE_COMPLETE_TAG,
+    READY_FOR_QUERY_TAG,
+};
 use crate::protocol::{to_client, to_server, Frame};
 use crate::topology::Node;
 use bytes::BytesMut;
@@ -194,7 +198,7 @@ fn on_frame(
     wire: &mut LaneConn,
     frame: Frame,
 ) {
-    if frame.tag != b'Z' {
+    if frame.tag != READY_FOR_QUERY_TAG {
         if let Some(flight) = wire.in_flight.front_mut() {
             on_server(
                 flight,
@@ -331,20 +335,20 @@ fn on_server(
 ) {
     let lifted = f.req.shape == Shape::Lifted;
     let forward = match tag {
-        b'3' if f.closes > 0 => {
+        CLOSE_COMPLETE_TAG if f.closes > 0 => {
             f.closes -= 1;
             false
         }
-        b'1' if f.parse.is_some() => {
+        PARSE_COMPLETE_TAG if f.parse.is_some() => {
             f.parse = None;
             false
         }
-        b'2' => {
+        BIND_COMPLETE_TAG => {
             f.bound = true;
             !lifted
         }
-        b'n' => !lifted,
-        b'E' => {
+        NO_DATA_TAG => !lifted,
+        ERROR_RESPONSE_TAG => {
             let early =
                 f.req.shape.may_fall_back() && kept::early_error_falls_back(f.bound, &data[5..]);
             if let Some(name) = f.parse.take() {
