@@ -12,7 +12,7 @@ pub mod statements;
 pub(crate) mod txn;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;
 

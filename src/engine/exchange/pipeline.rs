@@ -110,10 +110,6 @@ pub struct Pipeline {
     copy_in: bool,
     /// Messages the server must be sent next (an AutoQuery falling back to its Query).
     resend: Option<BytesMut>,
-    /// On a shared read lane: a failed AutoQuery goes back to its session instead of
-    /// being run again here (the lane has later requests in flight).
-    lane: bool,
-    fell_back: bool,
     /// Entries owing a ReadyForQuery pushed so far: the last one's ordinal.
     pushed: u64,
     /// The ordinal of the last request whose ReadyForQuery reached the client.
@@ -213,18 +209,6 @@ impl Pipeline {
         self.copy_in = true;
     }
 
-    pub fn for_lane() -> Self {
-        Pipeline {
-            lane: true,
-            ..Default::default()
-        }
-    }
-
-    /// Whether the AutoQuery just ended must be served another way (lanes only).
-    pub fn take_fell_back(&mut self) -> bool {
-        std::mem::take(&mut self.fell_back)
-    }
-
     /// What must be sent to the server before anything else, if anything.
     pub fn take_resend(&mut self) -> Option<BytesMut> {
         self.resend.take()
@@ -296,11 +280,6 @@ impl Pipeline {
                 let stmt = (!parse_pending).then(|| kept::name(id));
                 let expect = |q: &mut VecDeque<Expect>| q.push_back(Expect::Query { ord });
                 if self.run_again_as_sent(stmt.as_deref(), prepared, &query, expect) {
-                    return false;
-                }
-                if self.lane {
-                    // The lane hands the request back to its session.
-                    self.fell_back = true;
                     return false;
                 }
                 // The client pipelined more behind it, already sent: running the Query
@@ -396,7 +375,7 @@ impl Pipeline {
 
     /// After a request the proxy ran in another form failed before it executed (its
     /// error held back): closes the server statement `stmt` (unusable, maybe stale; the
-    /// next use prepares it anew) and, alone and not on a lane, runs the client's
+    /// next use prepares it anew) and, alone, runs the client's
     /// `request` again right here, its replies owed as `expect` adds them (it keeps its
     /// ordinal: still the same request). Returns whether it runs again; if not, others
     /// are in flight behind it.
@@ -407,7 +386,7 @@ impl Pipeline {
         request: &[u8],
         expect: impl FnOnce(&mut VecDeque<Expect>),
     ) -> bool {
-        let rerun = !self.lane && self.q.is_empty();
+        let rerun = self.q.is_empty();
         let mut resend = BytesMut::new();
         if let Some(name) = stmt.filter(|n| prepared.touch(n)) {
             prepared.remove(name);

@@ -157,7 +157,6 @@ fn an_auto_query_failing_before_execute_runs_the_query_as_sent() {
     // The stale statement is closed and the client's Query runs as sent.
     assert_eq!(h.resend(), Some(vec![close(b'S', &name), query(READ)]));
     assert!(!h.prepared.touch(&name));
-    assert!(!h.p.take_fell_back());
     assert!(!h.reply(&close_complete()));
     assert_eq!(h.replies(&rows()), [true; 4]);
     assert_eq!(h.client(), rows());
@@ -248,23 +247,6 @@ fn an_auto_query_in_a_transaction_block_forwards_its_error() {
     assert_eq!(h.client(), [stale(), ready(b'E')]);
     assert_eq!(h.resend(), None);
     assert_eq!((h.p.completed(), h.p.is_empty()), (2, true));
-}
-
-#[test]
-fn on_a_lane_a_failed_auto_query_falls_back_instead_of_running_again() {
-    let mut h = Harness::new();
-    h.p = Pipeline::for_lane();
-    let name = kept_read(&mut h);
-    assert!(!h.p.take_fell_back());
-    auto(&mut h, READ, true);
-    assert_eq!(h.replies(&[stale(), ready(b'I')]), [false, false]);
-    assert!(h.client().is_empty());
-    assert!(h.p.take_fell_back());
-    assert!(!h.p.take_fell_back(), "taken once");
-    assert_eq!(h.resend(), Some(vec![close(b'S', &name), flush()]));
-    assert_eq!(h.p.completed(), 1, "the request is its session's again");
-    assert!(!h.reply(&close_complete()));
-    assert!(h.p.is_empty());
 }
 
 #[test]

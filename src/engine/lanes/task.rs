@@ -456,3 +456,7 @@ mod tests {
         assert_eq!(lane_threshold(ms(20), 5_000, WARM_UP), ms(50));
     }
 }
+
+#[cfg(test)]
+#[path = "task_flight_tests.rs"]
+mod flight_tests;
