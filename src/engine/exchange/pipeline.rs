@@ -498,10 +498,12 @@ impl Pipeline {
             (_, ERROR_RESPONSE_TAG) => {
                 self.copy_in = false;
                 // The server skips everything up to the next Sync after an error in an
-                // extended batch; so do the expectations, including replies we owed.
+                // extended batch, a Query or FunctionCall sent before that Sync included
+                // (postgres.c: ignore_till_sync); so do the expectations, including
+                // replies we owed.
                 while let Some(e) = self.q.front() {
                     match e {
-                        e if e.owes_ready() => break,
+                        Expect::Sync { .. } => break,
                         Expect::Parse { name: Some(n), .. } => {
                             prepared.remove(n);
                             self.q.pop_front();
