@@ -24,6 +24,13 @@ struct Pending {
     until: Instant,
 }
 
+/// The pseudo-table whose clock is a database's catalog clock: advanced by every commit
+/// that may change the catalog or write tables the proxy cannot name (see
+/// Analysis::changes_catalog), and needed by every read, so an object one connection
+/// created is there for the next read of any other. A real table of that name (it would
+/// have to be quoted) only shares the clock, which makes the rule stricter, never looser.
+pub const CATALOG: &str = "pgwarden:catalog";
+
 /// Position that no replica reaches: "read this from the primary".
 pub const UNREACHABLE: u64 = u64::MAX;
 

@@ -6,5 +6,5 @@ pub mod clock;
 pub mod lsn;
 pub mod need;
 
-pub use clock::TableClock;
+pub use clock::{TableClock, CATALOG};
 pub use need::{need, LagBudget, ReadNeed};

@@ -38,19 +38,21 @@ impl LagBudget {
     }
 }
 
-/// The position a read must find replayed, by mode: nothing (eventual), the session's
-/// own last commit (session), or that and the last commit of every table it reads
-/// (strict). `own` and `tables` are asked only when the mode needs them: the table
-/// clock is a map lookup per table.
+/// The position a read must find replayed, by mode: nothing (eventual); the session's
+/// own last commit and the database's catalog clock (session); those and the last
+/// commit of every table it reads (strict). Each is asked only when the mode needs it
+/// (the clocks are a map lookup per table): `catalog` is the catalog clock alone,
+/// `tables_and_catalog` the tables read with the catalog among them, in one pass.
 pub fn min_position(
     mode: ConsistencyMode,
     own: impl FnOnce() -> u64,
-    tables: impl FnOnce() -> u64,
+    catalog: impl FnOnce() -> u64,
+    tables_and_catalog: impl FnOnce() -> u64,
 ) -> u64 {
     match mode {
         ConsistencyMode::Eventual => 0,
-        ConsistencyMode::Session => own(),
-        ConsistencyMode::Strict => own().max(tables()),
+        ConsistencyMode::Session => own().max(catalog()),
+        ConsistencyMode::Strict => own().max(tables_and_catalog()),
     }
 }
 
@@ -59,9 +61,10 @@ pub fn need(
     mode: ConsistencyMode,
     budget: LagBudget,
     own: impl FnOnce() -> u64,
-    tables: impl FnOnce() -> u64,
+    catalog: impl FnOnce() -> u64,
+    tables_and_catalog: impl FnOnce() -> u64,
 ) -> ReadNeed {
-    budget.with(min_position(mode, own, tables))
+    budget.with(min_position(mode, own, catalog, tables_and_catalog))
 }
 
 #[cfg(test)]
@@ -81,28 +84,37 @@ mod tests {
 
     #[test]
     fn each_mode_asks_only_what_it_needs() {
-        // (mode, own, tables, min_position)
-        let cases: &[(ConsistencyMode, u64, u64, u64)] = &[
-            (Session, 0, 0, 0),
-            (Session, 42, 0, 42),
-            (Session, 42, 99, 42),
-            (Strict, 42, 99, 99),
-            (Strict, 99, 42, 99),
-            (Strict, 0, 0, 0),
+        // (mode, own, catalog, tables read with the catalog, min_position)
+        let cases: &[(ConsistencyMode, u64, u64, u64, u64)] = &[
+            (Session, 0, 0, 0, 0),
+            (Session, 42, 0, 0, 42),
+            (Session, 42, 0, 99, 42),
+            // A schema change elsewhere: every read needs it, in session mode too.
+            (Session, 42, 70, 99, 70),
+            (Strict, 42, 0, 99, 99),
+            (Strict, 99, 0, 42, 99),
+            (Strict, 0, 0, 0, 0),
             // A capture under way makes the read unreachable for replicas.
-            (Strict, UNREACHABLE, 7, UNREACHABLE),
-            (Strict, 7, UNREACHABLE, UNREACHABLE),
-            (Session, UNREACHABLE, 0, UNREACHABLE),
+            (Strict, UNREACHABLE, 0, 7, UNREACHABLE),
+            (Strict, 7, 0, UNREACHABLE, UNREACHABLE),
+            (Session, UNREACHABLE, 0, 0, UNREACHABLE),
+            (Session, 7, UNREACHABLE, 0, UNREACHABLE),
         ];
-        for &(mode, own, tables, want) in cases {
-            let got = need(mode, BUDGET, || own, || tables);
-            assert_eq!(got.min_position, want, "{mode:?} own {own} tables {tables}");
+        for &(mode, own, catalog, tables, want) in cases {
+            let got = if mode == Session {
+                need(mode, BUDGET, || own, || catalog, never)
+            } else {
+                need(mode, BUDGET, || own, never, || tables)
+            };
+            assert_eq!(
+                got.min_position, want,
+                "{mode:?} own {own} catalog {catalog} tables {tables}"
+            );
             assert_eq!(
                 (got.max_lag_bytes, got.max_lag_ms),
                 (BUDGET.max_lag_bytes, BUDGET.max_lag_ms)
             );
         }
-        assert_eq!(need(Eventual, BUDGET, never, never).min_position, 0);
-        assert_eq!(need(Session, BUDGET, || 5, never).min_position, 5);
+        assert_eq!(need(Eventual, BUDGET, never, never, never).min_position, 0);
     }
 }

@@ -5,6 +5,7 @@ use super::Engine;
 use crate::config::PoolMode;
 use crate::consistency;
 use crate::consistency::clock::UNREACHABLE;
+use crate::consistency::CATALOG;
 use crate::protocol::tags::frontend::{
     BIND_TAG, EXECUTE_TAG, FUNCTION_CALL_TAG, PARSE_TAG, QUERY_TAG,
 };
@@ -145,6 +146,7 @@ impl Engine {
         &self,
         analyses: impl Iterator<Item = &'a Arc<Analysis>>,
     ) -> u64 {
+        let (clock, db) = (&self.shared.table_clock, self.session.database.as_str());
         consistency::need::min_position(
             self.session.consistency,
             || {
@@ -152,11 +154,10 @@ impl Engine {
                     .clock
                     .position(self.config.consistency.max_lag_ms)
             },
+            || clock.max_of(db, [CATALOG]),
             || {
-                self.shared.table_clock.max_of(
-                    &self.session.database,
-                    analyses.flat_map(|a| a.reads()).map(|t| t.name.as_str()),
-                )
+                let read = analyses.flat_map(|a| a.reads()).map(|t| t.name.as_str());
+                clock.max_of(db, read.chain([CATALOG]))
             },
         )
     }

@@ -253,6 +253,19 @@ impl Analysis {
         self.statements.iter().find_map(|s| s.pins)
     }
 
+    /// Whether committing this may change what the catalog says (DDL, GRANT, COMMENT,
+    /// PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED) or write tables the
+    /// proxy cannot name (DO, CALL, EXECUTE, anything it did not understand): then every
+    /// read of the database must see the commit (the catalog clock, consistency::CATALOG).
+    pub fn changes_catalog(&self) -> bool {
+        use StatementKind::*;
+        self.parse_failed
+            || self
+                .statements
+                .iter()
+                .any(|s| matches!(s.kind, Ddl | Do | Call | Execute | Other))
+    }
+
     /// Whether any statement calls a volatile function (its result must not be cached).
     pub fn volatile(&self) -> bool {
         self.statements.iter().any(|s| s.volatile_function)

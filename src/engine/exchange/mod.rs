@@ -243,10 +243,7 @@ impl Exchange {
         let staged = self.staged(ord);
         // What runs (a Query, or an Execute of a bound statement) may write.
         if let Some(a) = query.as_ref().or(bound.as_ref()) {
-            if a.is_write() {
-                staged.wrote = true;
-                staged.tables.extend(a.writes().map(|t| t.name.clone()));
-            }
+            staged.note_write(a);
         }
         if let Some(a) = query.or(parsed) {
             cx.session
@@ -279,11 +276,7 @@ impl Exchange {
         };
         let ord = self.pipeline.next_ord();
         let staged = self.staged(ord);
-        let a = read.analysis.clone();
-        if a.is_write() {
-            staged.wrote = true;
-            staged.tables.extend(a.writes().map(|t| t.name.clone()));
-        }
+        staged.note_write(&read.analysis);
         if views::sql_of(PARSE_TAG, &read.ensure.1[5..])
             .is_some_and(|q| contains_ci(q.as_bytes(), b"synchronous_commit"))
         {

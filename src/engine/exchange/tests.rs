@@ -133,6 +133,43 @@ fn an_autocommit_write_reports_its_commit_with_the_tables_it_wrote() {
 }
 
 #[test]
+fn a_schema_change_or_a_write_of_unnamed_tables_moves_the_catalog_clock() {
+    let catalog = crate::consistency::CATALOG;
+    // (request, its reply's command tag, tables the commit reports)
+    let cases = [
+        (
+            "create type mood as enum ('a')",
+            "CREATE TYPE",
+            vec![catalog],
+        ),
+        (
+            "alter table t add column c int",
+            "ALTER TABLE",
+            vec!["t", catalog],
+        ),
+        ("grant select on t to app", "GRANT", vec![catalog]),
+        ("call refill()", "CALL", vec![catalog]),
+        ("commit prepared 'x'", "COMMIT PREPARED", vec![catalog]),
+        ("update t set v = 1", "UPDATE 1", vec!["t"]),
+    ];
+    for (sql, tag, want) in cases {
+        let mut r = Rig::new(false);
+        r.request(&query(sql));
+        r.server(&[command_complete(tag), ready(b'I')]);
+        assert_eq!(r.commits(), [(tables(&want), false)], "{sql}");
+    }
+    // PREPARE TRANSACTION ends the block: its commit of the catalog is reported then.
+    let mut r = Rig::new(false);
+    r.request(&query("begin"));
+    r.server(&[command_complete("BEGIN"), ready(b'T')]);
+    r.client(&query("insert into t values (1)"));
+    r.server(&[command_complete("INSERT 0 1"), ready(b'T')]);
+    r.client(&query("prepare transaction 'x'"));
+    r.server(&[command_complete("PREPARE TRANSACTION"), ready(b'I')]);
+    assert_eq!(r.commits(), [(tables(&["t", catalog]), false)]);
+}
+
+#[test]
 fn a_block_reports_its_writes_only_at_its_commit() {
     let mut r = Rig::new(false);
     r.request(&query("begin"));

@@ -1,6 +1,7 @@
 //! What the transaction so far (or an autocommit statement) did and how it ended, and
 //! whether a ROLLBACK TO SAVEPOINT may undo a session-level SET.
 
+use crate::consistency::CATALOG;
 use crate::router::analysis::{Analysis, SetStmt, StatementKind};
 
 /// What the current transaction (or autocommit statement) did and how it ended.
@@ -24,6 +25,20 @@ pub(crate) struct TxnOutcome {
 }
 
 impl TxnOutcome {
+    /// Notes what a statement about to run writes: its tables, and the catalog clock's
+    /// pseudo-table when it may change the catalog or write tables the proxy cannot
+    /// name, so every read of the database waits for its commit.
+    pub(crate) fn note_write(&mut self, a: &Analysis) {
+        if !a.is_write() {
+            return;
+        }
+        self.wrote = true;
+        self.tables.extend(a.writes().map(|t| t.name.clone()));
+        if a.changes_catalog() && !self.tables.iter().any(|t| t == CATALOG) {
+            self.tables.push(CATALOG.to_string());
+        }
+    }
+
     pub(crate) fn on_command(&mut self, tag: &[u8]) {
         let ended = if tag.starts_with(b"COMMIT\0") {
             true

@@ -537,3 +537,41 @@ fn random_input_never_panics() {
         let _ = crate::router::fingerprint::leading_hint(&sql);
     }
 }
+
+#[test]
+fn what_changes_the_catalog_or_writes_tables_unnamed() {
+    // (sql, changes the catalog)
+    let cases = [
+        ("create type mood as enum ('a')", true),
+        ("alter table t add column c int", true),
+        (
+            "create function f() returns int language sql as 'select 1'",
+            true,
+        ),
+        ("drop table t", true),
+        ("grant select on t to app", true),
+        ("revoke select on t from app", true),
+        ("comment on table t is 'x'", true),
+        ("create extension if not exists pgcrypto", true),
+        ("create index on t (a)", true),
+        ("prepare transaction 'x'", true),
+        ("commit prepared 'x'", true),
+        ("rollback prepared 'x'", true),
+        ("do $$ begin end $$", true),
+        ("call p()", true),
+        ("execute s", true),
+        ("security label on table t is 'x'", true),
+        ("select 1; create table u (a int)", true),
+        ("select * from t", false),
+        ("insert into t values (1)", false),
+        ("update t set a = 1", false),
+        ("truncate t", false),
+        ("select pg_advisory_lock(1)", false),
+        ("vacuum t", false),
+        ("begin", false),
+        ("commit", false),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(analyze(sql, &[]).changes_catalog(), want, "{sql}");
+    }
+}

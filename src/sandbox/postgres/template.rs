@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the settings below change, so templates built by older code are rebuilt.
-const FORMAT_MARKER: &str = "# pgwarden-template-format: 2";
+const FORMAT_MARKER: &str = "# pgwarden-template-format: 3";
 
 /// Settings shared by every node. Durability is traded for speed: these clusters are thrown
 /// away. synchronous_commit stays on (PostgreSQL's default; cheap without fsync) so WAL
@@ -27,6 +27,8 @@ max_replication_slots = 10
 hot_standby = on
 hot_standby_feedback = on
 max_connections = 200
+# Two-phase commit for the tests (replicas need at least the primary's value).
+max_prepared_transactions = 10
 shared_buffers = 32MB
 logging_collector = off
 ";

@@ -3,12 +3,16 @@
 //! committed, while reads that do not need that data keep going to replicas.
 
 mod cancel;
+mod catalog;
 mod lag;
 mod read_your_writes;
 
 use crate::common::{start, Env, Setup};
 use std::collections::HashSet;
 use std::time::Duration;
+
+/// Generous bound for what must happen soon (not a speed claim).
+const DEADLINE: Duration = Duration::from_secs(30);
 
 async fn port_of(c: &tokio_postgres::Client, sql: &str) -> i32 {
     c.query_one(sql, &[])
