@@ -1,10 +1,13 @@
 //! The table clock: for each (database, table), the commit position of its last write.
 //! A read of those tables is safe on a replica that has replayed past the maximum.
 //! Schemas are ignored on purpose: same-named tables share a clock, which only ever
-//! makes the rule stricter.
+//! makes the rule stricter. The pseudo-table CATALOG is each database's catalog clock,
+//! kept apart because every read asks for it.
 
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
@@ -14,6 +17,21 @@ pub struct TableClock {
     /// Tables with commits whose positions are still being read: meanwhile no replica
     /// is safe for them.
     pending: RwLock<HashMap<String, Pending>>,
+    /// The catalog clock of each database (the pseudo-table CATALOG), which every read
+    /// asks for: a short list read without a lock or a hash, its entries atomics.
+    catalogs: ArcSwap<Vec<Arc<CatalogClock>>>,
+    /// Serialises adding a database to `catalogs`.
+    adding: Mutex<()>,
+}
+
+/// One database's catalog clock.
+struct CatalogClock {
+    db: Box<str>,
+    position: AtomicU64,
+    /// Commits of the catalog whose positions are not known yet (a hint: the deadline
+    /// that lapses them is in `pending`).
+    pending_hint: AtomicUsize,
+    pending: Mutex<Pending>,
 }
 
 /// Commits of one table whose positions are not known yet. Counted: one commit's
@@ -60,8 +78,57 @@ fn with_key<R>(db: &str, table: &str, f: impl FnOnce(&str) -> R) -> R {
 }
 
 impl TableClock {
+    fn catalog_entry(&self, db: &str) -> Option<Arc<CatalogClock>> {
+        self.catalogs.load().iter().find(|c| &*c.db == db).cloned()
+    }
+
+    /// The database's catalog clock, added when first written.
+    fn catalog_entry_or_add(&self, db: &str) -> Arc<CatalogClock> {
+        if let Some(c) = self.catalog_entry(db) {
+            return c;
+        }
+        let _adding = self.adding.lock().expect("catalog list lock");
+        if let Some(c) = self.catalog_entry(db) {
+            return c;
+        }
+        let c = Arc::new(CatalogClock {
+            db: db.into(),
+            position: AtomicU64::new(0),
+            pending_hint: AtomicUsize::new(0),
+            pending: Mutex::new(Pending {
+                commits: 0,
+                until: Instant::now(),
+            }),
+        });
+        let mut list = Vec::clone(&self.catalogs.load());
+        list.push(c.clone());
+        self.catalogs.store(Arc::new(list));
+        c
+    }
+
+    /// The catalog clock of `db`: what every read of it needs (UNREACHABLE while a
+    /// commit of the catalog is pending).
+    pub fn catalog(&self, db: &str) -> u64 {
+        let list = self.catalogs.load();
+        let Some(c) = list.iter().find(|c| &*c.db == db) else {
+            return 0;
+        };
+        if c.pending_hint.load(Ordering::Acquire) > 0 {
+            let p = c.pending.lock().expect("catalog clock lock");
+            if p.commits > 0 && p.until > Instant::now() {
+                return UNREACHABLE;
+            }
+        }
+        c.position.load(Ordering::Acquire)
+    }
+
     /// The last known commit position of a table (0 when never written).
     pub fn get(&self, db: &str, table: &str) -> u64 {
+        if table == CATALOG {
+            return self
+                .catalog_entry(db)
+                .map_or(0, |c| c.position.load(Ordering::Acquire));
+        }
         let map = self.map.read().expect("table clock lock");
         with_key(db, table, |k| map.get(k).copied().unwrap_or(0))
     }
@@ -74,6 +141,13 @@ impl TableClock {
         let now = (!pending.is_empty()).then(Instant::now);
         let mut max = 0;
         for t in tables {
+            if t == CATALOG {
+                max = max.max(self.catalog(db));
+                if max == UNREACHABLE {
+                    return UNREACHABLE;
+                }
+                continue;
+            }
             let (pending, pos) = with_key(db, t, |k| {
                 (
                     now.is_some_and(|now| pending.get(k).is_some_and(|p| p.until > now)),
@@ -99,6 +173,17 @@ impl TableClock {
         let now = Instant::now();
         let mut pending = self.pending.write().expect("table clock lock");
         for t in tables {
+            if t == CATALOG {
+                let c = self.catalog_entry_or_add(db);
+                let mut p = c.pending.lock().expect("catalog clock lock");
+                if p.until <= now {
+                    p.commits = 0;
+                }
+                p.commits += 1;
+                p.until = now + ttl;
+                c.pending_hint.store(p.commits, Ordering::Release);
+                continue;
+            }
             let p = pending.entry(key(db, t)).or_insert(Pending {
                 commits: 0,
                 until: now,
@@ -117,6 +202,14 @@ impl TableClock {
     pub fn end_commit<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>) {
         let mut pending = self.pending.write().expect("table clock lock");
         for t in tables {
+            if t == CATALOG {
+                if let Some(c) = self.catalog_entry(db) {
+                    let mut p = c.pending.lock().expect("catalog clock lock");
+                    p.commits = p.commits.saturating_sub(1);
+                    c.pending_hint.store(p.commits, Ordering::Release);
+                }
+                continue;
+            }
             with_key(db, t, |k| {
                 if let Some(p) = pending.get_mut(k) {
                     p.commits = p.commits.saturating_sub(1);
@@ -132,17 +225,24 @@ impl TableClock {
     pub fn advance<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>, lsn: u64) {
         let mut map = self.map.write().expect("table clock lock");
         for t in tables {
+            if t == CATALOG {
+                let c = self.catalog_entry_or_add(db);
+                c.position.fetch_max(lsn, Ordering::AcqRel);
+                continue;
+            }
             // A table written before (the usual case) is found without allocating a key.
             let known = with_key(db, t, |k| map.get_mut(k).map(|e| *e = (*e).max(lsn)));
             if known.is_none() {
                 map.insert(key(db, t), lsn);
             }
         }
-        metrics::gauge!("pgwarden_table_clock_entries").set(map.len() as f64);
+        let entries = map.len() + self.catalogs.load().len();
+        metrics::gauge!("pgwarden_table_clock_entries").set(entries as f64);
     }
 
+    /// Tables and catalogs with a clock.
     pub fn len(&self) -> usize {
-        self.map.read().expect("table clock lock").len()
+        self.map.read().expect("table clock lock").len() + self.catalogs.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,6 +253,30 @@ impl TableClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_catalog_clock_is_a_table_of_its_own_per_database() {
+        let c = TableClock::default();
+        assert_eq!(c.catalog("app"), 0);
+        c.advance("app", ["t", CATALOG], 40);
+        c.advance("app", [CATALOG], 30);
+        c.advance("other", [CATALOG], 90);
+        assert_eq!((c.catalog("app"), c.get("app", CATALOG)), (40, 40));
+        assert_eq!(c.catalog("other"), 90);
+        assert_eq!(c.max_of("app", ["u", CATALOG]), 40);
+        assert_eq!(c.max_of("app", ["t"]), 40);
+        // Pending like any table, until its position comes or the marker lapses.
+        c.begin_commit("app", [CATALOG], Duration::from_secs(60));
+        assert_eq!(c.catalog("app"), UNREACHABLE);
+        assert_eq!(c.max_of("app", ["u", CATALOG]), UNREACHABLE);
+        assert_eq!(c.catalog("other"), 90, "another database is not held up");
+        c.advance("app", [CATALOG], 50);
+        c.end_commit("app", [CATALOG]);
+        assert_eq!(c.catalog("app"), 50);
+        c.begin_commit("app", [CATALOG], Duration::ZERO);
+        assert_eq!(c.catalog("app"), 50, "a lapsed marker holds nothing");
+        assert_eq!(c.len(), 3, "t, and two catalogs");
+    }
 
     #[test]
     fn advances_only_forward_per_database_and_table() {

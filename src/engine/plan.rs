@@ -154,7 +154,7 @@ impl Engine {
                     .clock
                     .position(self.config.consistency.max_lag_ms)
             },
-            || clock.max_of(db, [CATALOG]),
+            || clock.catalog(db),
             || {
                 let read = analyses.flat_map(|a| a.reads()).map(|t| t.name.as_str());
                 clock.max_of(db, read.chain([CATALOG]))
