@@ -4,7 +4,6 @@
 //! makes the rule stricter. The pseudo-table CATALOG is each database's catalog clock,
 //! kept apart because every read asks for it.
 
-use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,10 +17,9 @@ pub struct TableClock {
     /// is safe for them.
     pending: RwLock<HashMap<String, Pending>>,
     /// The catalog clock of each database (the pseudo-table CATALOG), which every read
-    /// asks for: a short list read without a lock or a hash, its entries atomics.
-    catalogs: ArcSwap<Vec<Arc<CatalogClock>>>,
-    /// Serialises adding a database to `catalogs`.
-    adding: Mutex<()>,
+    /// asks for: a short list scanned under a read lock, without a hash, its entries
+    /// atomics.
+    catalogs: RwLock<Vec<Arc<CatalogClock>>>,
 }
 
 /// One database's catalog clock.
@@ -79,7 +77,8 @@ fn with_key<R>(db: &str, table: &str, f: impl FnOnce(&str) -> R) -> R {
 
 impl TableClock {
     fn catalog_entry(&self, db: &str) -> Option<Arc<CatalogClock>> {
-        self.catalogs.load().iter().find(|c| &*c.db == db).cloned()
+        let list = self.catalogs.read().expect("catalog list lock");
+        list.iter().find(|c| &*c.db == db).cloned()
     }
 
     /// The database's catalog clock, added when first written.
@@ -87,9 +86,9 @@ impl TableClock {
         if let Some(c) = self.catalog_entry(db) {
             return c;
         }
-        let _adding = self.adding.lock().expect("catalog list lock");
-        if let Some(c) = self.catalog_entry(db) {
-            return c;
+        let mut list = self.catalogs.write().expect("catalog list lock");
+        if let Some(c) = list.iter().find(|c| &*c.db == db) {
+            return c.clone();
         }
         let c = Arc::new(CatalogClock {
             db: db.into(),
@@ -100,16 +99,14 @@ impl TableClock {
                 until: Instant::now(),
             }),
         });
-        let mut list = Vec::clone(&self.catalogs.load());
         list.push(c.clone());
-        self.catalogs.store(Arc::new(list));
         c
     }
 
     /// The catalog clock of `db`: what every read of it needs (UNREACHABLE while a
     /// commit of the catalog is pending).
     pub fn catalog(&self, db: &str) -> u64 {
-        let list = self.catalogs.load();
+        let list = self.catalogs.read().expect("catalog list lock");
         let Some(c) = list.iter().find(|c| &*c.db == db) else {
             return 0;
         };
@@ -236,13 +233,14 @@ impl TableClock {
                 map.insert(key(db, t), lsn);
             }
         }
-        let entries = map.len() + self.catalogs.load().len();
+        let entries = map.len() + self.catalogs.read().expect("catalog list lock").len();
         metrics::gauge!("pgwarden_table_clock_entries").set(entries as f64);
     }
 
     /// Tables and catalogs with a clock.
     pub fn len(&self) -> usize {
-        self.map.read().expect("table clock lock").len() + self.catalogs.load().len()
+        self.map.read().expect("table clock lock").len()
+            + self.catalogs.read().expect("catalog list lock").len()
     }
 
     pub fn is_empty(&self) -> bool {
