@@ -6,6 +6,7 @@ use crate::admin::counters::Counters;
 use crate::backend::pool::{PoolSettings, Pools};
 use crate::config::{Config, ResolvedUser};
 use crate::consistency::bus::FleetBus;
+use crate::consistency::flush::FlushWatch;
 use crate::consistency::TableClock;
 use crate::engine::lanes::Lanes;
 use crate::frontend::cancel::CancelRegistry;
@@ -40,6 +41,8 @@ pub struct Shared {
     pub topology: Arc<ArcSwap<Topology>>,
     pub balancer: Balancer,
     pub table_clock: Arc<TableClock>,
+    /// What is known of the primary's flushed WAL (reads past it skip the wait).
+    pub flushes: FlushWatch,
     /// Shares the table clock with the other proxies of a fleet (when configured).
     pub bus: Option<Arc<FleetBus>>,
     pub counters: Counters,
@@ -98,6 +101,7 @@ impl Shared {
             topology,
             balancer: Balancer::default(),
             table_clock,
+            flushes: FlushWatch::default(),
             bus,
             client_slots: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             users,

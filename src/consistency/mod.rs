@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod flush;
 pub mod lsn;
 pub mod need;
 

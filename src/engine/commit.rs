@@ -98,11 +98,13 @@ impl Engine {
             &self.pool.pool,
             Box::new(move |read| {
                 let position = read.map(|p| {
-                    if pending.may_be_unflushed || session_async || p.sync_off {
+                    let recorded = if pending.may_be_unflushed || session_async || p.sync_off {
                         p.insert
                     } else {
                         p.flush
-                    }
+                    };
+                    target.shared.flushes.saw(p.flush, recorded);
+                    recorded
                 });
                 target.record_detached(pending, position);
             }),

@@ -116,7 +116,12 @@ impl Engine {
                     }
                 }
                 let now = Instant::now();
-                if now >= deadline || !topo.has_usable_replica() {
+                // A position not flushed yet reaches no replica before the primary's
+                // next flush: waiting cannot pay, the primary answers now.
+                if now >= deadline
+                    || !topo.has_usable_replica()
+                    || self.shared.flushes.unflushed(need.min_position)
+                {
                     break;
                 }
                 waited = true;
