@@ -2,7 +2,6 @@
 //! session's overrides and the topology go into the pure router; the Plan picks a node.
 
 use super::Engine;
-use crate::config::PoolMode;
 use crate::consistency;
 use crate::consistency::clock::UNREACHABLE;
 use crate::consistency::CATALOG;
@@ -107,7 +106,7 @@ impl Engine {
         };
         let view = SessionView {
             route_override: self.session.route_override,
-            held: self.session.mode == PoolMode::Session || self.session.pinned.is_some(),
+            held: self.session.holds_server(),
         };
         let topo = self.shared.topology.load();
         let p = plan::plan(

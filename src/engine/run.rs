@@ -6,7 +6,7 @@
 use super::plan::Needed;
 use super::retry::{Flow, Retry};
 use super::{CheckoutError, Engine};
-use crate::config::{PoolMode, Role};
+use crate::config::Role;
 use crate::protocol::tags::frontend::{FUNCTION_CALL_TAG, QUERY_TAG, SYNC_TAG};
 use crate::protocol::to_client;
 use crate::router::plan::{Plan, Route};
@@ -77,7 +77,7 @@ impl Engine {
             } else {
                 Route::Replica
             };
-            if self.session.mode == PoolMode::Session || self.session.pinned.is_some() {
+            if self.session.holds_server() {
                 return Box::pin(self.held(server, req))
                     .await
                     .map(|_| Outcome::ClientGone);

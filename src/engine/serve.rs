@@ -6,7 +6,6 @@ use super::exchange::Exchange;
 use super::retry::{Flow, Retry};
 use super::run::Outcome;
 use super::{Engine, Server};
-use crate::config::PoolMode;
 use crate::protocol::tags::frontend::{
     self as tags, COPY_DATA_TAG, COPY_DONE_TAG, COPY_FAIL_TAG, SYNC_TAG, TERMINATE_TAG,
 };
@@ -144,7 +143,7 @@ impl Engine {
         }
         // A connection that carried session state (session mode, or a pinned client)
         // is reset before anyone else gets it.
-        let reset = self.session.mode == PoolMode::Session || self.session.pinned.is_some();
+        let reset = self.session.holds_server();
         self.release(server, reset).await;
     }
 }

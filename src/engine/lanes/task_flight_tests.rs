@@ -42,15 +42,43 @@ fn renamed_request(name: &str) -> (LaneRequest, oneshot::Receiver<LaneReply>) {
     (req, rx)
 }
 
-/// Feeds `replies` to the flight as the lane does: ReadyForQuery ends it.
-fn answer(
-    f: &mut Flight,
-    prepared: &mut PreparedSet,
-    stale: &mut Vec<Arc<str>>,
-    replies: &[Vec<u8>],
-) {
-    for m in replies {
-        on_server(f, m[0], BytesMut::from(&m[..]), prepared, stale);
+/// A lane's server connection as the flights see it: what it has prepared, the stale
+/// statements to close, and what is written to it.
+struct Conn {
+    prepared: PreparedSet,
+    stale: Vec<Arc<str>>,
+    to_server: BytesMut,
+}
+
+impl Conn {
+    fn new(capacity: usize) -> Conn {
+        Conn {
+            prepared: PreparedSet::new(capacity),
+            stale: Vec::new(),
+            to_server: BytesMut::new(),
+        }
+    }
+
+    fn write(&mut self, req: LaneRequest) -> Flight {
+        write(
+            req,
+            &mut self.prepared,
+            &mut self.stale,
+            &mut self.to_server,
+        )
+    }
+
+    /// Feeds `replies` to the flight as the lane does: ReadyForQuery ends it.
+    fn answer(&mut self, f: &mut Flight, replies: &[Vec<u8>]) {
+        for m in replies {
+            on_server(
+                f,
+                m[0],
+                BytesMut::from(&m[..]),
+                &mut self.prepared,
+                &mut self.stale,
+            );
+        }
     }
 }
 
@@ -69,20 +97,17 @@ fn tags(b: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_lifted_read_prepares_its_statement_once_and_the_client_sees_the_simple_reply() {
-    let (mut prepared, mut stale, mut to_server) =
-        (PreparedSet::new(16), Vec::new(), BytesMut::new());
+    let mut c = Conn::new(16);
     let (req, mut rx) = lifted_request();
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
-    assert_eq!(tags(&to_server), b"PBDES");
+    let mut f = c.write(req);
+    assert_eq!(tags(&c.to_server), b"PBDES");
     let rows = [
         row_description(&["v"]),
         data_row(&["7"]),
         command_complete("SELECT 1"),
     ];
-    answer(
+    c.answer(
         &mut f,
-        &mut prepared,
-        &mut stale,
         &[vec![parse_complete(), bind_complete()], rows.to_vec()].concat(),
     );
     assert_eq!(
@@ -90,31 +115,28 @@ fn a_lifted_read_prepares_its_statement_once_and_the_client_sees_the_simple_repl
         [rows.to_vec(), vec![ready(b'I')]].concat()
     );
     // The connection keeps the statement: the next read binds it at once.
-    to_server.clear();
+    c.to_server.clear();
     let (req, _rx) = lifted_request();
-    write(req, &mut prepared, &mut stale, &mut to_server);
-    assert_eq!(tags(&to_server), b"BDES");
+    c.write(req);
+    assert_eq!(tags(&c.to_server), b"BDES");
 }
 
 #[test]
 fn a_lifted_read_whose_statement_went_stale_goes_back_and_the_statement_is_closed_next() {
-    let (mut prepared, mut stale, mut to_server) =
-        (PreparedSet::new(16), Vec::new(), BytesMut::new());
+    let mut c = Conn::new(16);
     let (req, _rx) = lifted_request();
     let name = match &req.ensure {
         Ensure::Lifted { name, .. } => name.to_string(),
         Ensure::Named { .. } => unreachable!(),
     };
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
-    answer(&mut f, &mut prepared, &mut stale, &[parse_complete()]);
+    let mut f = c.write(req);
+    c.answer(&mut f, &[parse_complete()]);
     drop(f);
     // The next read, after DDL: the kept statement fails before it binds.
     let (req, mut rx) = lifted_request();
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
-    answer(
+    let mut f = c.write(req);
+    c.answer(
         &mut f,
-        &mut prepared,
-        &mut stale,
         &[error("0A000", "cached plan must not change result type")],
     );
     assert!(
@@ -122,24 +144,22 @@ fn a_lifted_read_whose_statement_went_stale_goes_back_and_the_statement_is_close
         "its session runs it as sent"
     );
     assert_eq!(
-        stale.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        c.stale.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         std::slice::from_ref(&name)
     );
     // Written with the next read: the Close (its CloseComplete hidden), then the Parse.
-    to_server.clear();
+    c.to_server.clear();
     let (req, mut rx) = lifted_request();
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
-    assert_eq!(tags(&to_server), b"CPBDES");
-    assert_eq!(msgs(&to_server)[0], close(b'S', &name));
+    let mut f = c.write(req);
+    assert_eq!(tags(&c.to_server), b"CPBDES");
+    assert_eq!(msgs(&c.to_server)[0], close(b'S', &name));
     let rows = [
         row_description(&["v"]),
         data_row(&["8"]),
         command_complete("SELECT 1"),
     ];
-    answer(
+    c.answer(
         &mut f,
-        &mut prepared,
-        &mut stale,
         &[
             vec![close_complete(), parse_complete(), bind_complete()],
             rows.to_vec(),
@@ -154,15 +174,12 @@ fn a_lifted_read_whose_statement_went_stale_goes_back_and_the_statement_is_close
 
 #[test]
 fn an_error_after_the_bind_is_the_clients_own() {
-    let (mut prepared, mut stale, mut to_server) =
-        (PreparedSet::new(16), Vec::new(), BytesMut::new());
+    let mut c = Conn::new(16);
     let (req, mut rx) = lifted_request();
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
+    let mut f = c.write(req);
     let err = error("22012", "division by zero");
-    answer(
+    c.answer(
         &mut f,
-        &mut prepared,
-        &mut stale,
         &[
             parse_complete(),
             bind_complete(),
@@ -174,28 +191,22 @@ fn an_error_after_the_bind_is_the_clients_own() {
         finished(f, &mut rx).expect("served"),
         [row_description(&["v"]), err, ready(b'I')]
     );
-    assert!(stale.is_empty());
+    assert!(c.stale.is_empty());
 }
 
 #[test]
 fn a_renamed_read_gets_the_parse_complete_of_the_unnamed_statement_it_sent() {
-    let (mut prepared, mut stale, mut to_server) =
-        (PreparedSet::new(16), Vec::new(), BytesMut::new());
+    let mut c = Conn::new(16);
     let (req, mut rx) = renamed_request("pgw_1");
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
-    assert_eq!(tags(&to_server), b"PBDES");
+    let mut f = c.write(req);
+    assert_eq!(tags(&c.to_server), b"PBDES");
     let replies = [
         bind_complete(),
         row_description(&["v"]),
         data_row(&["7"]),
         command_complete("SELECT 1"),
     ];
-    answer(
-        &mut f,
-        &mut prepared,
-        &mut stale,
-        &[vec![parse_complete()], replies.to_vec()].concat(),
-    );
+    c.answer(&mut f, &[vec![parse_complete()], replies.to_vec()].concat());
     assert_eq!(
         finished(f, &mut rx).expect("served"),
         [vec![parse_complete()], replies.to_vec(), vec![ready(b'I')]].concat()
@@ -204,37 +215,28 @@ fn a_renamed_read_gets_the_parse_complete_of_the_unnamed_statement_it_sent() {
 
 #[test]
 fn a_failed_lane_parse_forgets_the_statement_and_the_read_goes_back() {
-    let (mut prepared, mut stale, mut to_server) =
-        (PreparedSet::new(16), Vec::new(), BytesMut::new());
+    let mut c = Conn::new(16);
     let (req, mut rx) = renamed_request("pgw_2");
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
-    answer(
-        &mut f,
-        &mut prepared,
-        &mut stale,
-        &[error("42P01", "relation \"t\" does not exist")],
-    );
+    let mut f = c.write(req);
+    c.answer(&mut f, &[error("42P01", "relation \"t\" does not exist")]);
     assert!(finished(f, &mut rx).is_none());
-    assert!(!prepared.touch("pgw_2"), "never created");
-    assert!(stale.is_empty(), "nothing to close");
+    assert!(!c.prepared.touch("pgw_2"), "never created");
+    assert!(c.stale.is_empty(), "nothing to close");
 }
 
 #[test]
 fn a_statement_evicted_for_room_is_closed_and_its_close_complete_hidden() {
-    let (mut prepared, mut stale, mut to_server) =
-        (PreparedSet::new(1), Vec::new(), BytesMut::new());
+    let mut c = Conn::new(1);
     let (req, _rx) = renamed_request("pgw_a");
-    write(req, &mut prepared, &mut stale, &mut to_server);
-    to_server.clear();
+    c.write(req);
+    c.to_server.clear();
     let (req, mut rx) = renamed_request("pgw_b");
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
-    assert_eq!(tags(&to_server), b"CPBDES");
-    assert_eq!(msgs(&to_server)[0], close(b'S', "pgw_a"));
+    let mut f = c.write(req);
+    assert_eq!(tags(&c.to_server), b"CPBDES");
+    assert_eq!(msgs(&c.to_server)[0], close(b'S', "pgw_a"));
     let replies = [bind_complete(), command_complete("SELECT 0")];
-    answer(
+    c.answer(
         &mut f,
-        &mut prepared,
-        &mut stale,
         &[vec![close_complete(), parse_complete()], replies.to_vec()].concat(),
     );
     assert_eq!(
@@ -245,18 +247,15 @@ fn a_statement_evicted_for_room_is_closed_and_its_close_complete_hidden() {
 
 #[test]
 fn a_reply_too_large_to_hold_goes_back_to_be_streamed() {
-    let (mut prepared, mut stale, mut to_server) =
-        (PreparedSet::new(16), Vec::new(), BytesMut::new());
+    let mut c = Conn::new(16);
     let (req, mut rx) = lifted_request();
-    let mut f = write(req, &mut prepared, &mut stale, &mut to_server);
-    answer(
+    let mut f = c.write(req);
+    c.answer(
         &mut f,
-        &mut prepared,
-        &mut stale,
         &[parse_complete(), bind_complete(), row_description(&["v"])],
     );
     let big = data_row(&[&"x".repeat(MAX_REPLY)]);
-    answer(&mut f, &mut prepared, &mut stale, &[big]);
+    c.answer(&mut f, &[big]);
     assert!(f.too_big && f.fall_back);
     assert!(finished(f, &mut rx).is_none());
 }
