@@ -7,6 +7,7 @@ use crate::backend::pool::{PoolSettings, Pools};
 use crate::config::{Config, ResolvedUser};
 use crate::consistency::bus::FleetBus;
 use crate::consistency::flush::FlushWatch;
+use crate::consistency::reach::load::ReachMaps;
 use crate::consistency::TableClock;
 use crate::engine::lanes::Lanes;
 use crate::frontend::cancel::CancelRegistry;
@@ -41,6 +42,9 @@ pub struct Shared {
     pub topology: Arc<ArcSwap<Topology>>,
     pub balancer: Balancer,
     pub table_clock: Arc<TableClock>,
+    /// What a write to each table can change besides it, per database (the catalog's
+    /// triggers, cascades, views...): read-your-writes bounds only those reads.
+    pub reach: Arc<ReachMaps>,
     /// What is known of the primary's flushed WAL (reads past it skip the wait).
     pub flushes: FlushWatch,
     /// Shares the table clock with the other proxies of a fleet (when configured).
@@ -101,6 +105,7 @@ impl Shared {
             topology,
             balancer: Balancer::default(),
             table_clock,
+            reach: Arc::default(),
             flushes: FlushWatch::default(),
             bus,
             client_slots: Arc::new(Semaphore::new(config.limits.max_client_connections)),

@@ -28,6 +28,9 @@ pub enum ReadDecision {
     PrimaryFallback,
     /// Served on a shared read lane (pool.multiplex_reads).
     Multiplexed,
+    /// On the primary at once: no replica had the position, and none was estimated to
+    /// have it soon enough for a wait to pay (consistency.wait_for_replica: auto).
+    PrimaryAtOnce,
 }
 
 pub struct Counters {
@@ -35,7 +38,7 @@ pub struct Counters {
     queries: [[Counter; REASONS.len()]; 2],
     /// pgwarden_queries_total{reason="attached"} by route.
     attached: [Counter; 2],
-    reads: [Counter; 4],
+    reads: [Counter; 5],
 }
 
 fn route_label(route: Route) -> &'static str {
@@ -57,8 +60,14 @@ impl Counters {
         let attached = [Route::Primary, Route::Replica].map(|route| {
             metrics::counter!("pgwarden_queries_total", "route" => route_label(route), "reason" => "attached")
         });
-        let reads = ["replica", "waited", "primary_fallback", "multiplexed"]
-            .map(|d| metrics::counter!("pgwarden_reads_total", "decision" => d));
+        let reads = [
+            "replica",
+            "waited",
+            "primary_fallback",
+            "multiplexed",
+            "primary_at_once",
+        ]
+        .map(|d| metrics::counter!("pgwarden_reads_total", "decision" => d));
         Counters {
             queries,
             attached,

@@ -295,12 +295,26 @@ pub enum LagSource {
     Aurora,
 }
 
+/// When a read no replica can serve yet waits for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WaitPolicy {
+    /// Only when a replica is estimated to have the position already, or within half a
+    /// round trip to the primary (from its measured replay rate); else the primary now.
+    #[default]
+    Auto,
+    /// Always, up to max_wait_ms (more reads on replicas, each slower).
+    Always,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsistencyConfig {
     pub mode: ConsistencyMode,
     /// How long a read waits for a replica to catch up before it goes to the primary.
     pub max_wait_ms: u64,
+    /// Whether a read waits at all when no replica can serve it yet.
+    pub wait_for_replica: WaitPolicy,
     /// Replicas further behind than this (bytes of WAL) get no reads.
     pub max_lag_bytes: u64,
     /// Replicas further behind than this (ms) get no reads.
@@ -331,6 +345,7 @@ impl Default for ConsistencyConfig {
         ConsistencyConfig {
             mode: ConsistencyMode::Strict,
             max_wait_ms: 50,
+            wait_for_replica: WaitPolicy::Auto,
             max_lag_bytes: 64 * 1024 * 1024,
             max_lag_ms: 30_000,
             lag_interval_ms: 100,

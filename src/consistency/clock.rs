@@ -47,6 +47,11 @@ struct Pending {
 /// have to be quoted) only shares the clock, which makes the rule stricter, never looser.
 pub const CATALOG: &str = "pgwarden:catalog";
 
+/// The pseudo-table of commits whose tables the proxy could not tell (a trigger running
+/// dynamic SQL, a writing function, a table its catalog model lacks): every strict read
+/// needs it. Session-mode reads have the session's own clock for these.
+pub const OPAQUE: &str = "pgwarden:opaque";
+
 /// Position that no replica reaches: "read this from the primary".
 pub const UNREACHABLE: u64 = u64::MAX;
 
@@ -157,6 +162,24 @@ impl TableClock {
             max = max.max(pos);
         }
         max
+    }
+
+    /// The maximum over every table of `db` and its catalog: what a read that may see any
+    /// table needs. UNREACHABLE while one has a commit pending. A scan of the map: only
+    /// strict reads calling functions the proxy cannot follow ask it.
+    pub fn max_all(&self, db: &str) -> u64 {
+        let prefix = key(db, "");
+        let mine = |k: &&String| k.starts_with(&prefix);
+        {
+            let pending = self.pending.read().expect("table clock lock");
+            let now = Instant::now();
+            if pending.iter().any(|(k, p)| mine(&k) && p.until > now) {
+                return UNREACHABLE;
+            }
+        }
+        let map = self.map.read().expect("table clock lock");
+        let max = map.iter().filter(|(k, _)| mine(k)).map(|(_, v)| *v).max();
+        max.unwrap_or(0).max(self.catalog(db))
     }
 
     /// A commit to these tables is about to be acknowledged; its position is not known
@@ -274,6 +297,20 @@ mod tests {
         c.begin_commit("app", [CATALOG], Duration::ZERO);
         assert_eq!(c.catalog("app"), 50, "a lapsed marker holds nothing");
         assert_eq!(c.len(), 3, "t, and two catalogs");
+    }
+
+    #[test]
+    fn a_read_of_any_table_needs_the_last_commit_of_its_database() {
+        let c = TableClock::default();
+        c.advance("app", ["t"], 10);
+        c.advance("app", ["u"], 30);
+        c.advance("application", ["t"], 99);
+        assert_eq!(c.max_all("app"), 30);
+        c.advance("app", [CATALOG], 40);
+        assert_eq!(c.max_all("app"), 40);
+        c.begin_commit("app", ["v"], Duration::from_secs(60));
+        assert_eq!(c.max_all("app"), UNREACHABLE);
+        assert_eq!(c.max_all("application"), 99);
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod clock;
 pub mod flush;
 pub mod lsn;
 pub mod need;
+pub mod reach;
+pub mod wait;
 
-pub use clock::{TableClock, CATALOG};
+pub use clock::{TableClock, CATALOG, OPAQUE};
 pub use need::{need, LagBudget, ReadNeed};

@@ -4,10 +4,13 @@
 //! client, fleet hold) is asked itself; in transaction mode the pool's sampler answers
 //! in the background, one query for every commit waiting.
 
+use super::exchange::Committed;
 use super::{Engine, Server};
 use crate::config::LagSource;
 use crate::consistency::bus::TableWrite;
 use crate::consistency::lsn;
+use crate::consistency::reach::load::COMMIT_WAIT;
+use crate::consistency::OPAQUE;
 use crate::session::clock::{now_ms, InFlight};
 use crate::state::Shared;
 use std::sync::Arc;
@@ -45,25 +48,65 @@ pub(crate) struct CaptureTarget {
 
 impl Engine {
     /// The server acknowledged a commit that wrote: until its position is known, no
-    /// replica is safe for its tables, nor for this session's reads.
+    /// replica is safe for the tables it could have changed, nor for this session's
+    /// reads of them (of any table, when those cannot be told).
     pub(crate) fn commit_acknowledged(
         &mut self,
-        tables: Vec<String>,
-        may_be_unflushed: bool,
+        c: Committed,
+        reached: Option<Vec<String>>,
         pending: &mut Option<PendingCommit>,
     ) {
+        let mut tables = match &reached {
+            Some(r) => r.clone(),
+            None => c.tables,
+        };
+        // Strict reads of any table need what cannot be told (a commit that changed the
+        // catalog is opaque and keeps CATALOG among its tables).
+        if reached.is_none() && !tables.iter().any(|t| t == OPAQUE) {
+            tables.push(OPAQUE.to_string());
+        }
         self.shared.table_clock.begin_commit(
             &self.session.database,
             tables.iter().map(String::as_str),
             PENDING_TTL,
         );
         let clock = &self.session.clock;
-        let p = pending.get_or_insert_with(|| PendingCommit {
-            in_flight: Some(InFlight::new(clock.clone())),
-            ..Default::default()
-        });
+        match pending {
+            Some(p) => {
+                if let Some(f) = &mut p.in_flight {
+                    f.widen(reached.as_deref());
+                }
+            }
+            None => {
+                *pending = Some(PendingCommit {
+                    in_flight: Some(InFlight::new(clock.clone(), reached.as_deref())),
+                    ..Default::default()
+                })
+            }
+        }
+        let p = pending.as_mut().expect("just set");
         p.tables.extend(tables);
-        p.may_be_unflushed |= may_be_unflushed;
+        p.may_be_unflushed |= c.may_be_unflushed;
+    }
+
+    /// The tables a commit could have changed (lower-cased, with the triggers', cascades'
+    /// and views' of the catalog model), or None when that cannot be told: it wrote what
+    /// the proxy cannot name, or no current model of the catalog comes in time.
+    pub(crate) async fn reached(&self, c: &Committed) -> Option<Vec<String>> {
+        if c.opaque {
+            return None;
+        }
+        let shared = &self.shared;
+        let (db, clock, pool) = (&self.session.database, &shared.table_clock, &self.pool.pool);
+        let loaded = match shared.reach.current(db, clock, pool) {
+            Some(l) => l,
+            // The first write of a database, or the first after DDL: rare, boxed.
+            None => Box::pin(shared.reach.current_waiting(db, clock, pool, COMMIT_WAIT)).await?,
+        };
+        let calls = c.calls.iter().map(String::as_str);
+        loaded
+            .reach
+            .writes(c.tables.iter().map(String::as_str), calls)
     }
 
     /// Reads the commit position on `server` and records it, before anything else runs

@@ -7,10 +7,12 @@ use super::plan::Needed;
 use super::{give_back, CheckoutError, Engine, Server};
 use crate::admin::counters::ReadDecision;
 use crate::backend::{BackendError, ConnectSpec};
-use crate::config::LagSource;
+use crate::config::{LagSource, WaitPolicy};
 use crate::consistency::clock::UNREACHABLE;
+use crate::consistency::wait;
 use crate::consistency::{lsn, LagBudget};
 use crate::router::plan::{Plan, Route};
+use crate::session::clock::now_ms;
 use crate::topology::{choose, Choice, Node, ReadNeed, Topology};
 use deadpool::managed::PoolError;
 use std::future::Future;
@@ -116,12 +118,18 @@ impl Engine {
                     }
                 }
                 let now = Instant::now();
+                if now >= deadline || !topo.has_usable_replica() {
+                    break;
+                }
                 // A position not flushed yet reaches no replica before the primary's
-                // next flush: waiting cannot pay, the primary answers now.
-                if now >= deadline
-                    || !topo.has_usable_replica()
-                    || self.shared.flushes.unflushed(need.min_position)
+                // next flush, and one no replica is estimated to reach soon: waiting
+                // cannot pay, the primary answers now.
+                if self.shared.flushes.unflushed(need.min_position) || !self.wait_pays(&topo, &need)
                 {
+                    if !waited {
+                        self.shared.counters.read(ReadDecision::PrimaryAtOnce);
+                        return self.on_primary(&topo, cancelled).await;
+                    }
                     break;
                 }
                 waited = true;
@@ -148,10 +156,35 @@ impl Engine {
             }
             self.shared.counters.read(ReadDecision::PrimaryFallback);
         }
+        self.on_primary(&topo, cancelled).await
+    }
+
+    async fn on_primary(
+        &mut self,
+        topo: &Topology,
+        cancelled: &mut Option<Arc<Notify>>,
+    ) -> Result<(Server, Arc<Node>), CheckoutError> {
         let primary = topo.primary().expect("config has a primary").clone();
         let s = self.checkout_node(&primary).await?;
         let s = self.unless_cancelled(s, cancelled.as_deref())?;
         Ok((s, primary))
+    }
+
+    /// Whether a replica within the lag budget is estimated to have the read's position
+    /// now, or within half a round trip to the primary (a floor of the read's cost
+    /// there); always yes with consistency.wait_for_replica: always.
+    fn wait_pays(&self, topo: &Topology, need: &ReadNeed) -> bool {
+        if self.config.consistency.wait_for_replica == WaitPolicy::Always {
+            return true;
+        }
+        let budget_us = topo.primary().map_or(0, |p| p.runtime.rtt_us() / 2);
+        let within_budget = ReadNeed {
+            min_position: 0,
+            ..*need
+        };
+        let replicas = topo.eligible(false, &within_budget, &[]);
+        let replays = replicas.iter().map(|n| n.runtime.replay());
+        wait::wait_pays(replays, need.min_position, now_ms(), budget_us)
     }
 
     /// The server just taken for the read (the client's cancel already points at it),

@@ -2,18 +2,21 @@
 //! session's overrides and the topology go into the pure router; the Plan picks a node.
 
 use super::Engine;
+use crate::config::ConsistencyMode;
 use crate::consistency;
 use crate::consistency::clock::UNREACHABLE;
-use crate::consistency::CATALOG;
+use crate::consistency::reach::ReadSpan;
+use crate::consistency::{CATALOG, OPAQUE};
 use crate::protocol::tags::frontend::{
     BIND_TAG, EXECUTE_TAG, FUNCTION_CALL_TAG, PARSE_TAG, QUERY_TAG,
 };
-use crate::protocol::views::{sql_of, BindView};
+use crate::protocol::views::{sql_of, BindView, ParseView};
 use crate::protocol::walk;
 use crate::router::analysis::Analysis;
 use crate::router::fingerprint::{fingerprint_and_lift, leading_hint, Hint};
 use crate::router::parameterize::Lift;
 use crate::router::plan::{self, Plan, RequestPart, Route, SessionView};
+use crate::session::clock::Reads;
 use std::sync::Arc;
 
 /// The statements of one request: nearly always one, which then needs no heap.
@@ -31,7 +34,7 @@ impl Analyses {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(Arc<Analysis>, Option<Hint>)> {
+    fn iter(&self) -> impl Iterator<Item = &(Arc<Analysis>, Option<Hint>)> + Clone {
         self.first.iter().chain(&self.more)
     }
 
@@ -65,8 +68,16 @@ impl Engine {
                     }
                 }
                 BIND_TAG => {
-                    if let Some(a) = BindView::new(body)
-                        .and_then(|b| self.session.statements.analysis_of(b.statement))
+                    // A statement this request parses is analysed from its Parse: the
+                    // session's entry of that name is still the previous one.
+                    let bound = BindView::new(body).filter(|b| {
+                        !walk::messages(req).any(|m| {
+                            m.tag == PARSE_TAG
+                                && ParseView::new(m.body()).is_some_and(|p| p.name == b.statement)
+                        })
+                    });
+                    if let Some(a) =
+                        bound.and_then(|b| self.session.statements.analysis_of(b.statement))
                     {
                         analyses.push((a, None));
                     }
@@ -143,22 +154,73 @@ impl Engine {
     /// The replayed position a read of these statements needs, by the session's mode.
     pub(crate) fn min_position_of<'a>(
         &self,
-        analyses: impl Iterator<Item = &'a Arc<Analysis>>,
+        analyses: impl Iterator<Item = &'a Arc<Analysis>> + Clone,
     ) -> u64 {
         let (clock, db) = (&self.shared.table_clock, self.session.database.as_str());
+        let mode = self.session.consistency;
+        let own = &self.session.clock;
+        // What else the read may see matters only where a position could bound it.
+        let span = if mode == ConsistencyMode::Strict || own.has_written() {
+            self.read_span(analyses.clone())
+        } else {
+            ReadSpan::Tables(Vec::new())
+        };
+        let named = || {
+            analyses
+                .clone()
+                .flat_map(|a| a.reads())
+                .map(|t| t.name.as_str())
+        };
+        let reads = |t: &str| {
+            named().any(|r| r.eq_ignore_ascii_case(t))
+                || matches!(&span, ReadSpan::Tables(extra) if extra.iter().any(|e| e == t))
+        };
+        let own_reads = match &span {
+            ReadSpan::Tables(_) => Reads::Tables(&reads),
+            ReadSpan::Any => Reads::Any,
+        };
         consistency::need::min_position(
-            self.session.consistency,
-            || {
-                self.session
-                    .clock
-                    .position(self.config.consistency.max_lag_ms)
-            },
+            mode,
+            || own.position(own_reads, self.config.consistency.max_lag_ms),
             || clock.catalog(db),
-            || {
-                let read = analyses.flat_map(|a| a.reads()).map(|t| t.name.as_str());
-                clock.max_of(db, read.chain([CATALOG]))
+            || match &span {
+                ReadSpan::Any => clock.max_all(db),
+                ReadSpan::Tables(extra) => {
+                    let extra = extra.iter().map(String::as_str);
+                    clock.max_of(db, named().chain(extra).chain([CATALOG, OPAQUE]))
+                }
             },
         )
+    }
+
+    /// What a read may see besides the tables it names: the tables of the database's
+    /// own functions it calls, from the catalog model; any table when it calls one the
+    /// model cannot follow, or reads a view or policy that runs one, or there is no
+    /// current model to tell. A view or policy created after a write comes with a
+    /// catalog position past that write, which every read needs.
+    fn read_span<'a>(&self, analyses: impl Iterator<Item = &'a Arc<Analysis>> + Clone) -> ReadSpan {
+        let calls = || analyses.clone().flat_map(|a| a.calls());
+        let shared = &self.shared;
+        let opaque_reads = shared.reach.any_opaque_reads();
+        let has_calls = calls().next().is_some();
+        // The usual read: no model lookup.
+        if !has_calls && !opaque_reads {
+            return ReadSpan::Tables(Vec::new());
+        }
+        let db = self.session.database.as_str();
+        match shared
+            .reach
+            .current(db, &shared.table_clock, &self.pool.pool)
+        {
+            Some(l) => {
+                let named = analyses
+                    .clone()
+                    .flat_map(|a| a.reads())
+                    .map(|t| t.name.as_str());
+                l.reach.reads(named, calls())
+            }
+            None => ReadSpan::Any,
+        }
     }
 }
 

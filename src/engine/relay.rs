@@ -115,7 +115,8 @@ impl Engine {
                     if let Some(c) = committed {
                         // Before the client's reply goes out: until the position is
                         // known, no replica is safe for these tables.
-                        self.commit_acknowledged(c.tables, c.may_be_unflushed, &mut x.commit);
+                        let reached = self.reached(&c).await;
+                        self.commit_acknowledged(c, reached, &mut x.commit);
                     }
                     // In a fleet the reply to a commit waits for its position to reach
                     // Redis (bounded by consistency.fleet_publish_wait_ms); only when

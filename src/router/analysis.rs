@@ -190,6 +190,9 @@ pub struct StatementInfo {
     /// Calls a function whose result changes from call to call or node to node (now(),
     /// random(), nextval, ...): such results must not be cached.
     pub volatile_function: bool,
+    /// The functions it calls, lower-cased and unqualified, each once: a read calling a
+    /// function of the database's own may see tables it does not name.
+    pub calls: Vec<String>,
     /// The access mode BEGIN / START TRANSACTION / SET TRANSACTION gives, if any.
     pub access: TxnAccess,
     pub set: Option<SetStmt>,
@@ -206,6 +209,7 @@ impl StatementInfo {
             locking: false,
             writing_function: false,
             volatile_function: false,
+            calls: Vec::new(),
             access: TxnAccess::Unstated,
             set: None,
             pins: None,
@@ -264,6 +268,13 @@ impl Analysis {
                 .statements
                 .iter()
                 .any(|s| matches!(s.kind, Ddl | Do | Call | Execute | Other))
+    }
+
+    /// The functions the statements call (lower-cased, unqualified).
+    pub fn calls(&self) -> impl Iterator<Item = &str> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.calls.iter().map(String::as_str))
     }
 
     /// Whether any statement calls a volatile function (its result must not be cached).

@@ -1,37 +1,105 @@
-//! A session's read-your-writes position: the last commit position it learnt, unknown
-//! while a capture of one runs or for a while after one failed.
+//! A session's read-your-writes positions: per table its commits could have changed
+//! (see consistency::reach), plus one for commits whose reach the proxy could not tell,
+//! which every read needs. Unknown while a capture of one runs, or for a while after
+//! one failed.
 
 use crate::consistency::clock::UNREACHABLE;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A session's read-your-writes position, shared with the captures it left running.
+/// Tables kept by name; past this the oldest folds into the whole-session position,
+/// which only makes the rule stricter.
+const MAX_TABLES: usize = 64;
+
+/// A session's read-your-writes positions, shared with the captures it left running.
 #[derive(Default)]
 pub struct SessionClock {
-    last: AtomicU64,
-    /// Captures not finished: until they are, the session's position is unknown.
-    in_flight: AtomicUsize,
+    /// Set once the session committed a write: until then a read takes no lock.
+    wrote: AtomicBool,
+    // Taken by the session's reads and by its captures' ends, never across an await.
+    own: Mutex<Own>,
+}
+
+#[derive(Default)]
+struct Own {
+    /// The last commit whose tables could not be told: every read needs it.
+    whole: u64,
+    /// The last commit position by table (lower-cased), for commits whose reach was known.
+    tables: Vec<(String, u64)>,
+    /// Captures not finished, by id: the tables they wrote (None: any).
+    flights: Vec<(u64, Option<Vec<String>>)>,
+    next_flight: u64,
     /// When (ms since the UNIX epoch) a capture failed; 0: none.
-    unknown_since_ms: AtomicU64,
+    unknown_since_ms: u64,
+}
+
+/// What a read covers: the tables it reads, or any (it calls what the proxy cannot follow).
+#[derive(Clone, Copy)]
+pub enum Reads<'a> {
+    Tables(&'a dyn Fn(&str) -> bool),
+    Any,
+}
+
+impl Reads<'_> {
+    fn covers(&self, table: &str) -> bool {
+        match self {
+            Reads::Tables(reads) => reads(table),
+            Reads::Any => true,
+        }
+    }
 }
 
 impl SessionClock {
-    /// The position a replica must have replayed for this session's reads; UNREACHABLE
-    /// while a capture runs, and for `max_lag_ms` after one failed (long enough for any
+    /// Whether the session committed a write yet (or has one being captured).
+    pub fn has_written(&self) -> bool {
+        self.wrote.load(Ordering::Acquire)
+    }
+
+    /// The position a replica must have replayed for a read of `reads`: the session's
+    /// last commit that could have changed one of them. UNREACHABLE while a capture of
+    /// such a commit runs, and for `max_lag_ms` after one failed (long enough for any
     /// replica within the lag budget to have replayed the write).
-    pub fn position(&self, max_lag_ms: u64) -> u64 {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return UNREACHABLE;
+    pub fn position(&self, reads: Reads<'_>, max_lag_ms: u64) -> u64 {
+        if !self.wrote.load(Ordering::Acquire) {
+            return 0;
         }
-        let since = self.unknown_since_ms.load(Ordering::Relaxed);
-        if since != 0 {
-            if now_ms().saturating_sub(since) <= max_lag_ms {
+        let mut own = self.own.lock().expect("session clock lock");
+        if own.unknown_since_ms != 0 {
+            if now_ms().saturating_sub(own.unknown_since_ms) <= max_lag_ms {
                 return UNREACHABLE;
             }
-            self.unknown_since_ms.store(0, Ordering::Relaxed);
+            own.unknown_since_ms = 0;
         }
-        self.last.load(Ordering::Relaxed)
+        let in_flight = own.flights.iter().any(|(_, tables)| match tables {
+            None => true,
+            Some(ts) => ts.iter().any(|t| reads.covers(t)),
+        });
+        if in_flight {
+            return UNREACHABLE;
+        }
+        let tables = own.tables.iter().filter(|(t, _)| reads.covers(t));
+        tables.map(|(_, p)| *p).fold(own.whole, u64::max)
+    }
+}
+
+impl Own {
+    fn record(&mut self, tables: Option<&[String]>, position: u64) {
+        let own = self;
+        let Some(tables) = tables else {
+            own.whole = own.whole.max(position);
+            return;
+        };
+        for t in tables {
+            match own.tables.iter_mut().find(|(n, _)| n == t) {
+                Some((_, p)) => *p = (*p).max(position),
+                None => own.tables.push((t.clone(), position)),
+            }
+        }
+        if own.tables.len() > MAX_TABLES {
+            let (_, oldest) = own.tables.remove(0);
+            own.whole = own.whole.max(oldest);
+        }
     }
 }
 
@@ -41,19 +109,45 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Counts a capture as running; dropped without a position (an error path, a lost
-/// server), it leaves the session's position unknown rather than wrong.
+/// Counts a capture as running for the tables it wrote; dropped without a position (an
+/// error path, a lost server), it leaves the session's position unknown, not wrong.
 pub(crate) struct InFlight {
     clock: Arc<SessionClock>,
+    id: u64,
     position: Option<u64>,
 }
 
+fn lower(tables: Option<&[String]>) -> Option<Vec<String>> {
+    tables.map(|ts| ts.iter().map(|t| t.to_lowercase()).collect())
+}
+
 impl InFlight {
-    pub(crate) fn new(clock: Arc<SessionClock>) -> Self {
-        clock.in_flight.fetch_add(1, Ordering::AcqRel);
+    /// A capture of a commit that wrote `tables` (None: tables it could not tell).
+    pub(crate) fn new(clock: Arc<SessionClock>, tables: Option<&[String]>) -> Self {
+        let id = {
+            let mut own = clock.own.lock().expect("session clock lock");
+            own.next_flight += 1;
+            let id = own.next_flight;
+            own.flights.push((id, lower(tables)));
+            id
+        };
+        clock.wrote.store(true, Ordering::Release);
         InFlight {
             clock,
+            id,
             position: None,
+        }
+    }
+
+    /// Another commit joins this capture (pipelined commits share one reading).
+    pub(crate) fn widen(&mut self, tables: Option<&[String]>) {
+        let mut own = self.clock.own.lock().expect("session clock lock");
+        let Some((_, mine)) = own.flights.iter_mut().find(|(id, _)| *id == self.id) else {
+            return;
+        };
+        match (mine.as_mut(), lower(tables)) {
+            (Some(ts), Some(more)) => ts.extend(more),
+            _ => *mine = None,
         }
     }
 
@@ -65,48 +159,16 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        match self.position {
-            Some(p) => {
-                self.clock.last.fetch_max(p, Ordering::Relaxed);
-            }
-            None => self
-                .clock
-                .unknown_since_ms
-                .store(now_ms(), Ordering::Relaxed),
+        // One lock for both: a read in between must see the flight or its position.
+        let mut own = self.clock.own.lock().expect("session clock lock");
+        let i = own.flights.iter().position(|(id, _)| *id == self.id);
+        let tables = i.map(|i| own.flights.swap_remove(i).1);
+        match (self.position, tables) {
+            (Some(p), Some(tables)) => own.record(tables.as_deref(), p),
+            _ => own.unknown_since_ms = now_ms(),
         }
-        self.clock.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_session_position_is_unknown_while_a_capture_runs() {
-        let clock = Arc::new(SessionClock::default());
-        assert_eq!(clock.position(1000), 0);
-        let mut f = InFlight::new(clock.clone());
-        assert_eq!(clock.position(1000), UNREACHABLE);
-        f.position = Some(42);
-        drop(f);
-        assert_eq!(clock.position(1000), 42);
-        // Positions only move forward.
-        let mut g = InFlight::new(clock.clone());
-        g.position = Some(7);
-        drop(g);
-        assert_eq!(clock.position(1000), 42);
-    }
-
-    #[test]
-    fn a_capture_dropped_without_a_position_sends_reads_to_the_primary_for_a_while() {
-        let clock = Arc::new(SessionClock::default());
-        drop(InFlight::new(clock.clone()));
-        assert_eq!(clock.position(60_000), UNREACHABLE);
-        // Past max_lag_ms any replica within the budget has the write.
-        clock
-            .unknown_since_ms
-            .store(now_ms() - 2, Ordering::Relaxed);
-        assert_eq!(clock.position(1), 0);
-    }
-}
+mod tests;

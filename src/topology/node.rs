@@ -31,6 +31,11 @@ pub struct NodeRuntime {
     lag_known: AtomicBool,
     /// When (µs on the caller's clock) a read last found another query running here.
     busy_at_us: AtomicU64,
+    /// The monitor's last sampled position and when (ms since the UNIX epoch), and the
+    /// position's recent rate of progress per ms: what `consistency::wait` estimates from.
+    sampled_position: AtomicU64,
+    sampled_at_ms: AtomicU64,
+    per_ms: AtomicU64,
 }
 
 /// What the lag monitor measured on one node.
@@ -78,6 +83,15 @@ impl NodeRuntime {
     }
 
     pub fn publish_lag(&self, s: LagSample) {
+        let now = crate::session::clock::now_ms();
+        let before = self.sampled_position.swap(s.position, Ordering::Relaxed);
+        let at = self.sampled_at_ms.swap(now, Ordering::Relaxed);
+        if at != 0 && now > at && s.position >= before {
+            // A moving average over about four samples: replay comes in bursts.
+            let rate = (s.position - before) / (now - at);
+            let old = self.per_ms.load(Ordering::Relaxed);
+            self.per_ms.store((old * 3 + rate) / 4, Ordering::Relaxed);
+        }
         // A position never moves back within a timeline; a lower reading is a race
         // between samples, not news.
         self.position.fetch_max(s.position, Ordering::Relaxed);
@@ -101,6 +115,15 @@ impl NodeRuntime {
             lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
             lag_ms: self.lag_ms.load(Ordering::Relaxed),
         })
+    }
+
+    /// What the monitor last saw of the node's replay, for `consistency::wait`.
+    pub fn replay(&self) -> crate::consistency::wait::Replay {
+        crate::consistency::wait::Replay {
+            position: self.sampled_position.load(Ordering::Relaxed),
+            sampled_at_ms: self.sampled_at_ms.load(Ordering::Relaxed),
+            per_ms: self.per_ms.load(Ordering::Relaxed),
+        }
     }
 
     pub fn position(&self) -> u64 {

@@ -66,6 +66,10 @@ pub(crate) struct ServerBook<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Committed {
     pub tables: Vec<String>,
+    /// It wrote what the proxy cannot name (see TxnOutcome::opaque).
+    pub opaque: bool,
+    /// The functions its writing statements called.
+    pub calls: Vec<String>,
     /// Its SQL may have turned synchronous_commit off (see commit.rs).
     pub may_be_unflushed: bool,
 }
@@ -162,10 +166,7 @@ impl Exchange {
         let done = self.pipeline.completed();
         while self.ahead.front().is_some_and(|(o, _)| *o <= done) {
             let (_, t) = self.ahead.pop_front().expect("checked");
-            self.txn.wrote |= t.wrote;
-            self.txn.tables.extend(t.tables);
-            self.txn.may_be_unflushed |= t.may_be_unflushed;
-            self.txn.sets.extend(t.sets);
+            self.txn.absorb(t);
         }
     }
 
@@ -327,6 +328,8 @@ impl Exchange {
                 if ok && txn.wrote && captures {
                     committed = Some(Committed {
                         tables: txn.tables,
+                        opaque: txn.opaque,
+                        calls: txn.calls,
                         may_be_unflushed: txn.may_be_unflushed,
                     });
                 }

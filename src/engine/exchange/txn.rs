@@ -17,6 +17,11 @@ pub(crate) struct TxnOutcome {
     pub(crate) wrote: bool,
     /// The tables it wrote, where known.
     pub(crate) tables: Vec<String>,
+    /// It wrote what the proxy cannot name (a writing function, DO, CALL, EXECUTE, DDL,
+    /// SQL it did not understand): the session's every read needs its commit.
+    pub(crate) opaque: bool,
+    /// The functions its writing statements called (their writes count too).
+    pub(crate) calls: Vec<String>,
     /// Its SQL mentions synchronous_commit (e.g. SET LOCAL synchronous_commit = off):
     /// the commit record may not be flushed when the client has its reply.
     pub(crate) may_be_unflushed: bool,
@@ -34,9 +39,30 @@ impl TxnOutcome {
         }
         self.wrote = true;
         self.tables.extend(a.writes().map(|t| t.name.clone()));
-        if a.changes_catalog() && !self.tables.iter().any(|t| t == CATALOG) {
+        let catalog = a.changes_catalog();
+        if catalog && !self.tables.iter().any(|t| t == CATALOG) {
             self.tables.push(CATALOG.to_string());
         }
+        self.opaque |= catalog || a.statements.iter().any(|s| s.writing_function);
+        for c in a.calls() {
+            if !self.calls.iter().any(|k| k == c) {
+                self.calls.push(c.to_string());
+            }
+        }
+    }
+
+    /// Takes in what an answered request of the transaction did.
+    pub(crate) fn absorb(&mut self, t: TxnOutcome) {
+        self.wrote |= t.wrote;
+        self.tables.extend(t.tables);
+        self.opaque |= t.opaque;
+        for c in t.calls {
+            if !self.calls.contains(&c) {
+                self.calls.push(c);
+            }
+        }
+        self.may_be_unflushed |= t.may_be_unflushed;
+        self.sets.extend(t.sets);
     }
 
     pub(crate) fn on_command(&mut self, tag: &[u8]) {

@@ -44,6 +44,7 @@ pub(super) fn classify(stmt: &Statement, extra: &[String]) -> StatementInfo {
             info.locking = c.locking;
             info.writing_function = c.writing_function;
             info.volatile_function = c.volatile_function;
+            info.calls = c.calls;
             statement_facts(stmt, &mut info);
             info.pins = info.pins.or(c.pin);
             info

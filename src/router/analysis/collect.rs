@@ -22,6 +22,7 @@ pub(super) struct Collected {
     pub locking: bool,
     pub writing_function: bool,
     pub volatile_function: bool,
+    pub calls: Vec<String>,
     pub pin: Option<PinReason>,
     /// A `SELECT ... INTO new_table` was seen (a table-creating statement).
     pub select_into: bool,
@@ -100,6 +101,10 @@ impl Collector<'_> {
         let Some(last) = name.0.last().and_then(|p| p.as_ident()) else {
             return;
         };
+        let lower = last.value.to_lowercase();
+        if !self.out.calls.contains(&lower) {
+            self.out.calls.push(lower);
+        }
         let e = functions::effect(&last.value, self.extra);
         self.out.writing_function |= e.writing;
         self.out.volatile_function |= e.volatile;

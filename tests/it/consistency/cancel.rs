@@ -56,7 +56,8 @@ fn assert_cancelled(
 /// read from the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_while_a_read_waits_for_a_replica_answers_at_once() {
-    let env = consistency_env("consistency:\n  max_wait_ms: 60000\n").await;
+    let env =
+        consistency_env("consistency:\n  max_wait_ms: 60000\n  wait_for_replica: always\n").await;
     pause_all(&env);
     let c = env.connect().await;
     let (token, read) = write_then_read(&c).await;
@@ -99,7 +100,7 @@ async fn a_cancel_while_a_replay_probe_waits_for_a_connection_answers_at_once() 
     // only the cancel can end the probe's.
     let env = start(Setup {
         replicas: 2,
-        extra_yaml: "consistency:\n  max_wait_ms: 60000\nrouting:\n  sticky_reads: false\n".into(),
+        extra_yaml: "consistency:\n  max_wait_ms: 60000\n  wait_for_replica: always\nrouting:\n  sticky_reads: false\n".into(),
         tweak: |c| {
             c.pool.size = 1;
             c.pool.checkout_timeout_ms = 60_000;

@@ -5,6 +5,7 @@
 mod cancel;
 mod catalog;
 mod lag;
+mod reach;
 mod read_your_writes;
 
 use crate::common::{start, Env, Setup};
