@@ -120,12 +120,6 @@ pub(super) async fn open(
         read_draw: rand::random(),
         statements: ClientStatements::default(),
     };
-    // The catalog model is read before the first write needs it.
-    if shared.captures_commits {
-        let _ = shared
-            .reach
-            .current(&session.database, &shared.table_clock, &pool.pool);
-    }
     let engine = Engine {
         client,
         shared: shared.clone(),
