@@ -83,6 +83,8 @@ impl Engine {
             let mut tried: Vec<String> = excluded.to_vec();
             let deadline = Instant::now() + Duration::from_millis(cfg.consistency.max_wait_ms);
             let mut waited = false;
+            // Waiting could not pay: the primary at once, before any wait.
+            let mut at_once = false;
             // Replicas asked in this round and found behind; the next probe asks another.
             let mut probed: Vec<String> = Vec::new();
             loop {
@@ -126,10 +128,7 @@ impl Engine {
                 // cannot pay, the primary answers now.
                 if self.shared.flushes.unflushed(need.min_position) || !self.wait_pays(&topo, &need)
                 {
-                    if !waited {
-                        self.shared.counters.read(ReadDecision::PrimaryAtOnce);
-                        return self.on_primary(&topo, cancelled).await;
-                    }
+                    at_once = !waited;
                     break;
                 }
                 waited = true;
@@ -154,16 +153,12 @@ impl Engine {
                     _ = tokio::time::timeout(pause, changed) => {}
                 }
             }
-            self.shared.counters.read(ReadDecision::PrimaryFallback);
+            self.shared.counters.read(if at_once {
+                ReadDecision::PrimaryAtOnce
+            } else {
+                ReadDecision::PrimaryFallback
+            });
         }
-        self.on_primary(&topo, cancelled).await
-    }
-
-    async fn on_primary(
-        &mut self,
-        topo: &Topology,
-        cancelled: &mut Option<Arc<Notify>>,
-    ) -> Result<(Server, Arc<Node>), CheckoutError> {
         let primary = topo.primary().expect("config has a primary").clone();
         let s = self.checkout_node(&primary).await?;
         let s = self.unless_cancelled(s, cancelled.as_deref())?;
