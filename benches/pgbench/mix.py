@@ -13,6 +13,7 @@ markdown report and writes it to /tmp. Usually run through ./mix beside this fil
 """
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -58,6 +59,9 @@ def parse_args():
                     help="per node (pgwarden) / per db+user (PgBouncer)")
     ap.add_argument("--consistency", choices=("strict", "session", "eventual"),
                     help="pgwarden consistency.mode (default: pgwarden's own)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a pgwarden setting for this run, e.g. pool.multiplex_reads=off "
+                         "(VALUE read as JSON where it parses, else a string); repeatable")
     ap.add_argument("--check-seconds", type=float, default=5,
                     help="stale check per path and sync setting (0: skip)")
     ap.add_argument("--settle-timeout", type=float, default=20,
@@ -176,10 +180,19 @@ def routes(before: dict, after: dict) -> dict[str, int]:
     return out
 
 
-def run_pgbench(a, port: int, script: str) -> tuple[float, int] | str:
-    """(tps, transactions processed), or the first error line of a failed run."""
+def cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
+
+
+def run_pgbench(a, port: int, script: str) -> tuple[float, int, float] | str:
+    """(tps, transactions processed, % of CPU idle meanwhile), or the first error line of
+    a failed run. Idle CPU means the path waited on something other than the cores."""
     argv = [pgbench_bin(), *conn_args(port), "-n", "-c", str(a.clients), "-j", str(a.threads),
             "-T", str(a.duration), "-M", a.protocol, "-f", script, APP_DB]
+    idle0, total0 = cpu_times()
     try:
         out = subprocess.run(argv, env=pgbench_env(), capture_output=True, text=True,
                              timeout=a.duration + 120)
@@ -191,7 +204,9 @@ def run_pgbench(a, port: int, script: str) -> tuple[float, int] | str:
     errors = [l for l in out.stderr.splitlines() if "error" in l.lower()]
     if out.returncode != 0 or errors or "tps" not in stats:
         return (errors[0] if errors else out.stderr.strip()[-300:]) or "no tps"
-    return float(stats["tps"].split()[0]), done
+    idle1, total1 = cpu_times()
+    idle = 100 * (idle1 - idle0) / max(total1 - total0, 1)
+    return float(stats["tps"].split()[0]), done, idle
 
 
 def benchmark(a, sandbox: Sandbox, endpoints: dict, admin_port: int, workdir: str) -> dict:
@@ -217,7 +232,7 @@ def benchmark(a, sandbox: Sandbox, endpoints: dict, admin_port: int, workdir: st
                     log(f"[{n}/{total}] sync={sync} round {r + 1} {name:9} failed: {out}")
                     expected = total_scans(table_stats(sandbox))  # unknown; start again
                     continue
-                tps, done = out
+                tps, done, idle = out
                 expected += done
                 res["tps"].setdefault(name, []).append(tps)
                 shown = ""
@@ -231,7 +246,7 @@ def benchmark(a, sandbox: Sandbox, endpoints: dict, admin_port: int, workdir: st
                     res["runs"].append(run)
                     expected = total_scans(after)
                     shown = "  " + run_summary(run)
-                log(f"[{n}/{total}] sync={sync} round {r + 1} {name:9} {tps:8.0f} ops/s{shown}")
+                log(f"[{n}/{total}] sync={sync} round {r + 1} {name:9} {tps:8.0f} ops/s, {idle:4.1f}% CPU idle{shown}")
         if a.check_seconds > 0:
             for name, port in endpoints.items():
                 try:
@@ -372,6 +387,16 @@ def start_poolers(a, children: Children, sandbox: Sandbox, workdir: str
     extra = {"admin_listen": f"127.0.0.1:{admin}"}
     if a.consistency:
         extra["consistency"] = {"mode": a.consistency}
+    for setting in a.set:
+        key, _, value = setting.partition("=")
+        *parents, leaf = key.split(".")
+        node = extra
+        for k in parents:
+            node = node.setdefault(k, {})
+        try:
+            node[leaf] = json.loads(value)
+        except ValueError:
+            node[leaf] = value
     poolers = Poolers(children, sandbox, a.pgwarden, None, workdir, max_clients=a.clients + 100)
     paths = [Path("direct", "direct"), Path("pgbouncer", "pgbouncer"),
              Path("pgwarden", "pgwarden", extra)]

@@ -123,11 +123,8 @@ impl Engine {
                 if now >= deadline || !topo.has_usable_replica() {
                     break;
                 }
-                // A position not flushed yet reaches no replica before the primary's
-                // next flush, and one no replica is estimated to reach soon: waiting
-                // cannot pay, the primary answers now.
-                if self.shared.flushes.unflushed(need.min_position) || !self.wait_pays(&topo, &need)
-                {
+                // The primary answers now rather than after a wait that cannot pay.
+                if self.waiting_cannot_pay(&topo, &need) {
                     at_once = !waited;
                     break;
                 }
@@ -163,6 +160,12 @@ impl Engine {
         let s = self.checkout_node(&primary).await?;
         let s = self.unless_cancelled(s, cancelled.as_deref())?;
         Ok((s, primary))
+    }
+
+    /// A position not flushed yet reaches no replica before the primary's next flush;
+    /// otherwise the replicas' replay progress tells (see wait_pays).
+    pub(crate) fn waiting_cannot_pay(&self, topo: &Topology, need: &ReadNeed) -> bool {
+        self.shared.flushes.unflushed(need.min_position) || !self.wait_pays(topo, need)
     }
 
     /// Whether a replica within the lag budget is estimated to have the read's position

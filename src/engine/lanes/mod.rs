@@ -123,7 +123,7 @@ impl Lanes {
         }
     }
 
-    fn find(&self, node: &str, settings: u64) -> Found {
+    fn find(&self, node: &str, settings: u64, max_lanes: usize) -> Found {
         let map = self.map.lock().expect("lanes lock");
         if let Some(l) = map
             .iter()
@@ -131,7 +131,7 @@ impl Lanes {
         {
             return Found::Lane(l.tx.clone(), l.state.clone());
         }
-        if map.iter().filter(|l| l.node == node).count() >= MAX_LANES_PER_NODE {
+        if map.iter().filter(|l| l.node == node).count() >= max_lanes {
             Found::Full
         } else {
             Found::Open
@@ -187,6 +187,12 @@ impl Lanes {
     /// Lanes open now.
     pub fn len(&self) -> usize {
         self.map.lock().expect("lanes lock").len()
+    }
+
+    /// The nodes with a lane open now, one entry per lane.
+    pub fn nodes(&self) -> Vec<String> {
+        let map = self.map.lock().expect("lanes lock");
+        map.iter().map(|l| l.node.clone()).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -259,7 +265,16 @@ impl Engine {
         // serves the read (else the usual path moves it).
         let draw = self.session.draw(false);
         let choice = Choice::from_config(&cfg, false);
-        let node = choose(&topo, &shared.balancer, choice, &need, &[], draw)?.clone();
+        // No replica has the read's position and waiting cannot pay: the usual path
+        // would take the primary at once, so the read may share a lane there as well
+        // (a committed write is visible to every new snapshot on the primary).
+        let (node, at_once) = match choose(&topo, &shared.balancer, choice, &need, &[], draw) {
+            Some(node) => (node.clone(), false),
+            None if topo.has_usable_replica() && self.waiting_cannot_pay(&topo, &need) => {
+                (topo.primary()?.clone(), true)
+            }
+            None => return None,
+        };
         // Alone on the replica a read gains nothing from a lane, only two hand-offs;
         // among others it does, even at the moments it finds the replica idle.
         if cfg.pool.multiplex_reads == MultiplexReads::Auto
@@ -274,7 +289,14 @@ impl Engine {
             return None;
         }
         let settings = settings_key(&self.session.params);
-        let (lane, state) = match shared.lanes.find(&node.name, settings) {
+        // A lane keeps its connection until idle: on the primary, where writes need
+        // connections too, lanes take at most a quarter of the pool.
+        let max_lanes = if at_once {
+            MAX_LANES_PER_NODE.min(cfg.pool.size / 4)
+        } else {
+            MAX_LANES_PER_NODE
+        };
+        let (lane, state) = match shared.lanes.find(&node.name, settings, max_lanes) {
             Found::Lane(tx, state) => (tx, state),
             Found::Full => return None,
             Found::Open => {
@@ -289,12 +311,16 @@ impl Engine {
         }
         let (request, rx) = request;
         lane.try_send(request).ok()?;
-        if matches!(draw, Draw::Same { .. }) {
+        if !at_once && matches!(draw, Draw::Same { .. }) {
             shared.balancer.advance();
         }
         match self.await_lane(rx).await? {
             LaneReply::Done(out) => {
-                shared.counters.read(ReadDecision::Multiplexed);
+                shared.counters.read(if at_once {
+                    ReadDecision::PrimaryAtOnce
+                } else {
+                    ReadDecision::Multiplexed
+                });
                 Some(out)
             }
             // The lane's statement went stale: the usual path runs the Query as sent.

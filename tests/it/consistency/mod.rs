@@ -9,6 +9,7 @@ mod reach;
 mod read_your_writes;
 
 use crate::common::{start, Env, Setup};
+use pgwarden::config::Config;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -23,9 +24,14 @@ async fn port_of(c: &tokio_postgres::Client, sql: &str) -> i32 {
 }
 
 async fn consistency_env(extra_yaml: &str) -> Env {
+    consistency_env_tweaked(extra_yaml, |_| {}).await
+}
+
+async fn consistency_env_tweaked(extra_yaml: &str, tweak: fn(&mut Config)) -> Env {
     let env = start(Setup {
         replicas: 2,
         extra_yaml: extra_yaml.to_string(),
+        tweak,
         ..Default::default()
     })
     .await;

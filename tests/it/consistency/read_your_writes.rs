@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::common::wait_for;
+use pgwarden::config::MultiplexReads;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,8 +22,28 @@ async fn no_stale_reads_with_a_paused_replica_when_reads_wait() {
     stale_reads_with_a_paused_replica("consistency:\n  wait_for_replica: always\n", true).await;
 }
 
-async fn stale_reads_with_a_paused_replica(yaml: &str, reads_wait: bool) {
-    let env = consistency_env(yaml).await;
+/// As the first, with every read that may on a shared lane: reads that need a position
+/// no replica has take a lane on the primary, and see the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_reads_with_a_paused_replica_on_lanes() {
+    let env = consistency_env_tweaked("", |c| {
+        c.pool.multiplex_reads = MultiplexReads::Always;
+        c.pool.multiplex_slow_ms = 600_000;
+    })
+    .await;
+    let env = stale_reads_in(env, false).await;
+    let lanes = env.proxy.shared.lanes.nodes();
+    assert!(
+        lanes.iter().any(|n| n == "primary"),
+        "no read took a lane on the primary: lanes on {lanes:?}"
+    );
+}
+
+async fn stale_reads_with_a_paused_replica(yaml: &str, reads_wait: bool) -> Env {
+    stale_reads_in(consistency_env(yaml).await, reads_wait).await
+}
+
+async fn stale_reads_in(env: Env, reads_wait: bool) -> Env {
     let paused_port = env.cluster.replicas[0].port as i32;
     let replica_ports: HashSet<i32> = env.cluster.replicas.iter().map(|r| r.port as i32).collect();
     tokio::task::block_in_place(|| pause_replay(&env, 0));
@@ -114,6 +135,7 @@ async fn stale_reads_with_a_paused_replica(yaml: &str, reads_wait: bool) {
         "the paused replica still serves reads that do not need new data"
     );
     tokio::task::block_in_place(|| resume_replay(&env, 0));
+    env
 }
 
 /// A block that rolls back to a savepoint after an error and then commits did commit
