@@ -52,7 +52,12 @@ impl Proxy {
             rx.clone(),
         ));
         if let Some(l) = admin {
-            tokio::spawn(crate::admin::http::listen(l, metrics, rx));
+            tokio::spawn(crate::admin::http::listen(
+                l,
+                metrics,
+                shared.cache.clone(),
+                rx,
+            ));
         }
         tracing::info!(%addr, "pgwarden listening");
         Ok(Proxy {

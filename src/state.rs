@@ -55,6 +55,8 @@ pub struct Shared {
     pub captures_commits: bool,
     /// Shared read lanes (pool.multiplex_reads).
     pub lanes: Arc<Lanes>,
+    /// The result cache (cache.mode other than off).
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Shared {
@@ -116,7 +118,9 @@ impl Shared {
             counters: Counters::register(),
             captures_commits: config.consistency.capture_commits
                 && (config.routing.read_write_split
-                    || config.consistency.fleet_redis_url.is_some()),
+                    || config.consistency.fleet_redis_url.is_some()
+                    || config.cache.mode != crate::config::CacheMode::Off),
+            cache: crate::cache::Cache::new(&config.cache).map(Arc::new),
             lanes: Arc::new(Lanes::new(Duration::from_millis(
                 config.pool.multiplex_slow_ms,
             ))),

@@ -1,7 +1,10 @@
-//! A minimal HTTP/1.1 endpoint: /metrics (Prometheus text) and /healthz. Requests are
-//! tiny and bounded; anything else gets 404.
+//! A minimal HTTP/1.1 endpoint: /metrics (Prometheus text), /healthz, and
+//! `POST /cache/flush[?table=NAME]` (the result cache). Requests are tiny and bounded;
+//! anything else gets 404.
 
+use crate::cache::Cache;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -10,6 +13,7 @@ use tokio::sync::watch;
 pub async fn listen(
     listener: TcpListener,
     metrics: Option<PrometheusHandle>,
+    cache: Option<Arc<Cache>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -18,15 +22,20 @@ pub async fn listen(
             _ = shutdown.changed() => return,
         };
         if let Ok((tcp, _)) = conn {
-            let metrics = metrics.clone();
+            let (metrics, cache) = (metrics.clone(), cache.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), answer(tcp, metrics)).await;
+                let answered = answer(tcp, metrics, cache);
+                let _ = tokio::time::timeout(Duration::from_secs(5), answered).await;
             });
         }
     }
 }
 
-async fn answer(mut tcp: TcpStream, metrics: Option<PrometheusHandle>) -> std::io::Result<()> {
+async fn answer(
+    mut tcp: TcpStream,
+    metrics: Option<PrometheusHandle>,
+    cache: Option<Arc<Cache>>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
     while n < buf.len() {
@@ -40,8 +49,23 @@ async fn answer(mut tcp: TcpStream, metrics: Option<PrometheusHandle>) -> std::i
         }
     }
     let head = String::from_utf8_lossy(&buf[..n]);
-    let path = head.split_whitespace().nth(1).unwrap_or("");
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or("");
+    let target = words.next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, body) = match path {
+        "/cache/flush" if method != "POST" => ("405 Method Not Allowed", "use POST\n".to_string()),
+        "/cache/flush" => match &cache {
+            None => (
+                "409 Conflict",
+                "the cache is off (cache.mode)\n".to_string(),
+            ),
+            Some(c) => {
+                let table = query.split('&').find_map(|p| p.strip_prefix("table="));
+                c.flush(table.filter(|t| !t.is_empty()));
+                ("200 OK", format!("flushed {}\n", table.unwrap_or("all")))
+            }
+        },
         "/healthz" => ("200 OK", "ok\n".to_string()),
         "/metrics" => match &metrics {
             Some(h) => ("200 OK", h.render()),

@@ -106,6 +106,8 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         resolve_user(c, i)?;
     }
     c.monitor_credentials()?;
+    super::cache::validate(&c.cache, c.consistency.capture_commits)
+        .map_err(|(path, message)| invalid(&path, &message))?;
     Ok(())
 }
 

@@ -34,6 +34,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     #[serde(default)]
     pub consistency: ConsistencyConfig,
+    #[serde(default)]
+    pub cache: super::CacheConfig,
     pub users: Vec<User>,
     pub nodes: Vec<Node>,
 }

@@ -20,6 +20,12 @@ pub struct TableClock {
     /// asks for: a short list scanned under a read lock, without a hash, its entries
     /// atomics.
     catalogs: RwLock<Vec<Arc<CatalogClock>>>,
+    /// Every change of a table's clock (a commit acknowledged, a position recorded or
+    /// received from the fleet) takes the next stamp: a cache entry filled after stamp
+    /// S stays true while none of its tables has a later one.
+    stamp: AtomicU64,
+    /// The stamp of each (database, table)'s last change, CATALOG and OPAQUE included.
+    changed: RwLock<HashMap<String, u64>>,
 }
 
 /// One database's catalog clock.
@@ -182,14 +188,47 @@ impl TableClock {
         max.unwrap_or(0).max(self.catalog(db))
     }
 
+    /// The latest stamp. Read before a read is planned, it bounds every change whose
+    /// commit the plan may have missed.
+    pub fn stamp(&self) -> u64 {
+        self.stamp.load(Ordering::Acquire)
+    }
+
+    /// Whether none of `tables` of `db` changed after `stamp`.
+    pub fn unchanged_since<'a>(
+        &self,
+        db: &str,
+        tables: impl IntoIterator<Item = &'a str>,
+        stamp: u64,
+    ) -> bool {
+        let changed = self.changed.read().expect("table clock lock");
+        tables
+            .into_iter()
+            .all(|t| with_key(db, t, |k| changed.get(k).is_none_or(|s| *s <= stamp)))
+    }
+
+    /// Gives `tables` the next stamp. Called after the change it marks is visible to
+    /// readers of the clock, so a stamp read later sees the change too.
+    fn touch<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>) {
+        let mut changed = self.changed.write().expect("table clock lock");
+        let s = self.stamp.fetch_add(1, Ordering::AcqRel) + 1;
+        for t in tables {
+            let known = with_key(db, t, |k| changed.get_mut(k).map(|e| *e = s));
+            if known.is_none() {
+                changed.insert(key(db, t), s);
+            }
+        }
+    }
+
     /// A commit to these tables is about to be acknowledged; its position is not known
     /// yet. Lapses by itself after `ttl` should the position never arrive.
     pub fn begin_commit<'a>(
         &self,
         db: &str,
-        tables: impl IntoIterator<Item = &'a str>,
+        tables: impl IntoIterator<Item = &'a str> + Clone,
         ttl: Duration,
     ) {
+        let tables_again = tables.clone();
         let now = Instant::now();
         let mut pending = self.pending.write().expect("table clock lock");
         for t in tables {
@@ -215,6 +254,8 @@ impl TableClock {
             p.commits += 1;
             p.until = now + ttl;
         }
+        drop(pending);
+        self.touch(db, tables_again);
     }
 
     /// One commit's position is known: its tables are readable again once no other
@@ -242,7 +283,13 @@ impl TableClock {
     }
 
     /// Moves tables forward to `lsn` (never back).
-    pub fn advance<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>, lsn: u64) {
+    pub fn advance<'a>(
+        &self,
+        db: &str,
+        tables: impl IntoIterator<Item = &'a str> + Clone,
+        lsn: u64,
+    ) {
+        let tables_again = tables.clone();
         let mut map = self.map.write().expect("table clock lock");
         for t in tables {
             if t == CATALOG {
@@ -257,6 +304,8 @@ impl TableClock {
             }
         }
         let entries = map.len() + self.catalogs.read().expect("catalog list lock").len();
+        drop(map);
+        self.touch(db, tables_again);
         metrics::gauge!("pgwarden_table_clock_entries").set(entries as f64);
     }
 

@@ -119,6 +119,7 @@ pub(super) async fn open(
             .then(|| shared.balancer.client_turn()),
         read_draw: rand::random(),
         statements: ClientStatements::default(),
+        cache: true,
     };
     let engine = Engine {
         client,
@@ -131,6 +132,7 @@ pub(super) async fn open(
         cancel,
         out: BytesMut::new(),
         routed: None,
+        fill: None,
         config,
     };
     Ok((engine, pid, secret))

@@ -3,6 +3,7 @@
 //! server (checkout, waits for a replica, retries), the exchange with it, and what
 //! follows (commit capture).
 
+mod cached;
 mod checkout;
 mod commit;
 pub mod exchange;
@@ -56,6 +57,9 @@ pub(crate) struct Engine {
     /// The analysis route() made of a request that is one Query, taken by the relay
     /// when it forwards that Query so the SQL is not analysed twice.
     pub routed: Option<Arc<crate::router::analysis::Analysis>>,
+    /// The result cache's fill of the request in progress: what flush_out writes to the
+    /// client is recorded into it (cached.rs).
+    pub fill: Option<Box<crate::cache::Fill>>,
 }
 
 /// Serves one client that completed its startup, until it leaves.
@@ -107,6 +111,14 @@ impl Engine {
 
     pub(crate) async fn flush_out(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
+            if let Some(fill) = self.fill.as_mut() {
+                let max = self
+                    .shared
+                    .cache
+                    .as_ref()
+                    .map_or(0, |c| c.max_entry_bytes());
+                fill.record(&self.out, max);
+            }
             self.flushed += self.out.len() as u64;
             self.client.write_all(&self.out).await?;
             self.client.flush().await?;

@@ -152,6 +152,7 @@ impl Engine {
                         }
                         if tags::completes_request(frame.tag) {
                             self.shared.counters.attached_query(self.attached_route);
+                            self.cache_spoil();
                         }
                         x.client_frame(frame, &mut ctx!(self, server), &mut to_server);
                         if to_server.len() >= HIGH_WATER || !self.client.has_buffered_frame() {

@@ -30,8 +30,28 @@ impl Engine {
         if self.is_proxy_settings(&req) && Box::pin(self.answer_proxy_settings(&req)).await? {
             return Ok(Outcome::Answered);
         }
-        let (plan, needed) = self.route(&req);
-        self.run_planned(plan, needed, req, tag).await
+        // Read before planning: a fill must not be kept past a change its plan missed.
+        let stamp = self
+            .shared
+            .cache
+            .as_ref()
+            .map(|_| self.shared.table_clock.stamp());
+        let (plan, mut needed) = self.route(&req);
+        if let Some(stamp) = stamp {
+            if let Some(hit) = self.cache_lookup(&req, tag, stamp, &mut needed) {
+                self.out.extend_from_slice(&hit);
+                self.flush_out().await?;
+                return Ok(Outcome::Answered);
+            }
+        }
+        let outcome = self.run_planned(plan, needed, req, tag).await;
+        if self.fill.is_some() {
+            match outcome {
+                Ok(Outcome::Answered) => self.cache_finish(),
+                _ => self.fill = None,
+            }
+        }
+        outcome
     }
 
     /// Runs one planned request.

@@ -33,6 +33,8 @@ pub struct Session {
     /// This client's weighted-random draw when reads are sticky.
     pub read_draw: f64,
     pub statements: ClientStatements,
+    /// `SET pgwarden.cache = off` turns the result cache off for this session.
+    pub cache: bool,
 }
 
 impl Session {
@@ -88,6 +90,7 @@ impl Session {
             read_turn: None,
             read_draw: 0.0,
             statements: ClientStatements::default(),
+            cache: true,
         }
     }
 }

@@ -59,6 +59,17 @@ impl Session {
                 {
                     self.consistency = default_consistency;
                 }
+                Some(SetStmt::Set {
+                    name,
+                    value,
+                    local: false,
+                }) if name.eq_ignore_ascii_case("pgwarden.cache") => {
+                    let v = value.trim_matches('\'').to_ascii_lowercase();
+                    self.cache = !matches!(v.as_str(), "off" | "false" | "0" | "no");
+                }
+                Some(SetStmt::Reset { name }) if name.eq_ignore_ascii_case("pgwarden.cache") => {
+                    self.cache = true;
+                }
                 Some(SetStmt::Set { local: true, .. }) | None => {}
                 Some(other) => sets.push(other.clone()),
             }

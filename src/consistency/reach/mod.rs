@@ -80,6 +80,8 @@ pub struct Reach {
     /// Relation oids by lower-cased name: schemas ignored, as in the table clock.
     by_name: HashMap<String, Vec<u32>>,
     name_of: HashMap<u32, String>,
+    /// pg_class.relkind by oid.
+    kind_of: HashMap<u32, char>,
     parents: HashMap<u32, Vec<u32>>,
     children: HashMap<u32, Vec<u32>>,
     cascades: HashMap<u32, Vec<u32>>,
@@ -156,9 +158,10 @@ fn push<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, Vec<V>>, k: K, v: V) {
 impl Reach {
     pub fn build(rows: CatalogRows) -> Reach {
         let mut r = Reach::default();
-        for (oid, name, _) in &rows.relations {
+        for (oid, name, kind) in &rows.relations {
             push(&mut r.by_name, name.to_lowercase(), *oid);
             r.name_of.insert(*oid, name.to_lowercase());
+            r.kind_of.insert(*oid, *kind);
         }
         for &(child, parent) in &rows.inherits {
             push(&mut r.parents, child, parent);
@@ -396,6 +399,18 @@ impl Reach {
     /// Whether some relation's reads may see any table.
     pub fn has_opaque_reads(&self) -> bool {
         !self.opaque_reads.is_empty()
+    }
+
+    /// What the relations named `name` (lower-cased; any schema) are: their relkinds,
+    /// none when the model has no such relation.
+    pub fn kinds_of(&self, name: &str) -> impl Iterator<Item = char> + '_ {
+        let oids = self.by_name.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        oids.iter().filter_map(|o| self.kind_of.get(o).copied())
+    }
+
+    /// Whether `name` is one of PostgreSQL's own functions (and no user function).
+    pub fn is_builtin(&self, name: &str) -> bool {
+        matches!(self.callee(name), Callee::Builtin)
     }
 
     /// Whether `name` is a function of the database's own (not PostgreSQL's).
