@@ -13,6 +13,7 @@ use bytes::Bytes;
 use key::Key;
 use metrics::{Counter, Gauge};
 use policy::{NoCache, Rules};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ pub struct Entry {
     tables: Box<[String]>,
     /// The table clock's stamp when its fill was planned.
     stamp: u64,
+    /// The fleet bus's period when filled (0 without a bus).
+    period: u64,
     expires: Instant,
 }
 
@@ -33,6 +36,8 @@ pub struct Fill {
     pub db: String,
     pub tables: Vec<String>,
     pub stamp: u64,
+    /// The fleet bus's period when it began (0 without a bus).
+    pub period: u64,
     pub ttl: Duration,
     /// The reply as the client got it, while it fits.
     pub reply: bytes::BytesMut,
@@ -51,14 +56,17 @@ pub enum Refused {
     Changed,
     /// The client sent another request before this one's reply was complete.
     Pipelined,
+    /// The fleet bus went down meanwhile: an invalidation may have been missed.
+    ChannelDown,
 }
 
 impl Refused {
-    const ALL: [Refused; 4] = [
+    const ALL: [Refused; 5] = [
         Refused::Reply,
         Refused::TooBig,
         Refused::Changed,
         Refused::Pipelined,
+        Refused::ChannelDown,
     ];
 
     fn label(self) -> &'static str {
@@ -67,6 +75,7 @@ impl Refused {
             Refused::TooBig => "too_big",
             Refused::Changed => "changed",
             Refused::Pipelined => "pipelined",
+            Refused::ChannelDown => "channel_down",
         }
     }
 }
@@ -78,13 +87,33 @@ pub enum Lookup {
     Miss,
 }
 
+/// What this proxy's cache has done, read back by tests and (later) the console: the
+/// `metrics` facade cannot be read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub hits: u64,
+    pub fills: u64,
+    pub refused: u64,
+    pub invalidated: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    hits: AtomicU64,
+    fills: AtomicU64,
+    refused: AtomicU64,
+    invalidated: AtomicU64,
+}
+
 struct Counters {
+    tally: Tally,
     hits_l1: Counter,
     /// By NoCache::ALL.
     skipped: Vec<Counter>,
     absent: Counter,
     invalidated: Counter,
     expired: Counter,
+    channel_down: Counter,
     fills: Counter,
     refused: Vec<Counter>,
     evictions: Counter,
@@ -96,11 +125,13 @@ impl Counters {
     fn register() -> Counters {
         let miss = |reason: &'static str| metrics::counter!("pgwarden_cache_misses_total", "reason" => reason);
         Counters {
+            tally: Tally::default(),
             hits_l1: metrics::counter!("pgwarden_cache_hits_total", "level" => "l1"),
             skipped: NoCache::ALL.iter().map(|r| miss(r.label())).collect(),
             absent: miss("absent"),
             invalidated: miss("invalidated"),
             expired: miss("expired"),
+            channel_down: miss("channel_down"),
             fills: metrics::counter!("pgwarden_cache_fills_total"),
             refused: Refused::ALL
                 .iter()
@@ -161,8 +192,13 @@ impl Cache {
         self.counters.skipped[why as usize].increment(1);
     }
 
-    /// The kept reply of `key`, if it is still true.
-    pub fn get(&self, key: &Key, clock: &TableClock) -> Lookup {
+    /// The fleet bus is down: nothing is served or kept until it is back.
+    pub fn channel_down(&self) {
+        self.counters.channel_down.increment(1);
+    }
+
+    /// The kept reply of `key`, if it is still true. `period` is the fleet bus's now.
+    pub fn get(&self, key: &Key, clock: &TableClock, period: u64) -> Lookup {
         let Some(e) = self.l1.get(key) else {
             self.counters.absent.increment(1);
             return Lookup::Miss;
@@ -172,33 +208,46 @@ impl Cache {
             self.counters.expired.increment(1);
             return Lookup::Miss;
         }
-        if !clock.unchanged_since(&e.db, e.tables.iter().map(String::as_str), e.stamp) {
+        let tables = e.tables.iter().map(String::as_str);
+        if e.period != period || !clock.unchanged_since(&e.db, tables, e.stamp) {
             self.l1.invalidate(key);
             self.counters.invalidated.increment(1);
+            self.counters.tally.invalidated.fetch_add(1, Relaxed);
             return Lookup::Miss;
         }
         self.counters.hits_l1.increment(1);
+        self.counters.tally.hits.fetch_add(1, Relaxed);
         Lookup::Hit(e.reply.clone())
     }
 
     /// Keeps a complete fill, unless its reply cannot be replayed or a table it read
     /// changed meanwhile.
-    pub fn finish(&self, fill: Fill, clock: &TableClock) {
-        match self.check(&fill, clock) {
+    /// `period` is the fleet bus's now (None: down).
+    pub fn finish(&self, fill: Fill, clock: &TableClock, period: Option<u64>) {
+        let checked = match period {
+            Some(p) if p == fill.period => self.check(&fill, clock),
+            _ => Err(Refused::ChannelDown),
+        };
+        match checked {
             Ok(()) => {
                 let entry = Entry {
                     reply: fill.reply.freeze(),
                     db: fill.db.into(),
                     tables: fill.tables.into(),
                     stamp: fill.stamp,
+                    period: fill.period,
                     expires: Instant::now() + fill.ttl,
                 };
                 self.l1.insert(fill.key, Arc::new(entry));
                 self.counters.fills.increment(1);
+                self.counters.tally.fills.fetch_add(1, Relaxed);
                 self.counters.entries.set(self.l1.entry_count() as f64);
                 self.counters.bytes.set(self.l1.weighted_size() as f64);
             }
-            Err(why) => self.counters.refused[why as usize].increment(1),
+            Err(why) => {
+                self.counters.refused[why as usize].increment(1);
+                self.counters.tally.refused.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -231,6 +280,16 @@ impl Cache {
         self.l1.run_pending_tasks();
         self.counters.entries.set(self.l1.entry_count() as f64);
         self.counters.bytes.set(self.l1.weighted_size() as f64);
+    }
+
+    pub fn stats(&self) -> Stats {
+        let t = &self.counters.tally;
+        Stats {
+            hits: t.hits.load(Relaxed),
+            fills: t.fills.load(Relaxed),
+            refused: t.refused.load(Relaxed),
+            invalidated: t.invalidated.load(Relaxed),
+        }
     }
 
     /// Entries kept now (after pending maintenance).
@@ -273,6 +332,7 @@ mod tests {
             db: "app".into(),
             tables: vec![],
             stamp: 0,
+            period: 0,
             ttl: Duration::from_secs(1),
             reply: bytes::BytesMut::new(),
             spoiled: None,

@@ -261,24 +261,65 @@ impl TableClock {
     /// One commit's position is known: its tables are readable again once no other
     /// commit of theirs is still waiting for one.
     pub fn end_commit<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>) {
+        self.end_commit_lapsed(db, tables);
+    }
+
+    /// `end_commit`, returning the tables whose marker had lapsed before it ended (reads
+    /// of them may have been planned without the commit meanwhile).
+    fn end_commit_lapsed<'a>(
+        &self,
+        db: &str,
+        tables: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<&'a str> {
+        let now = Instant::now();
+        let mut lapsed = Vec::new();
         let mut pending = self.pending.write().expect("table clock lock");
         for t in tables {
             if t == CATALOG {
-                if let Some(c) = self.catalog_entry(db) {
-                    let mut p = c.pending.lock().expect("catalog clock lock");
-                    p.commits = p.commits.saturating_sub(1);
-                    c.pending_hint.store(p.commits, Ordering::Release);
+                match self.catalog_entry(db) {
+                    Some(c) => {
+                        let mut p = c.pending.lock().expect("catalog clock lock");
+                        if p.until <= now {
+                            lapsed.push(t);
+                        }
+                        p.commits = p.commits.saturating_sub(1);
+                        c.pending_hint.store(p.commits, Ordering::Release);
+                    }
+                    None => lapsed.push(t),
                 }
                 continue;
             }
-            with_key(db, t, |k| {
-                if let Some(p) = pending.get_mut(k) {
+            let found = with_key(db, t, |k| match pending.get_mut(k) {
+                Some(p) => {
+                    let gone = p.until <= now;
                     p.commits = p.commits.saturating_sub(1);
                     if p.commits == 0 {
                         pending.remove(k);
                     }
+                    gone
                 }
+                None => true,
             });
+            if found {
+                lapsed.push(t);
+            }
+        }
+        lapsed
+    }
+
+    /// A commit this proxy began (`begin_commit`) has its position: moves its tables to
+    /// it and ends the commit. The cache's stamps moved at `begin_commit`; they move
+    /// again only for tables whose marker lapsed meanwhile.
+    pub fn settle<'a>(
+        &self,
+        db: &str,
+        tables: impl IntoIterator<Item = &'a str> + Clone,
+        lsn: u64,
+    ) {
+        self.advance_quietly(db, tables.clone(), lsn);
+        let lapsed = self.end_commit_lapsed(db, tables);
+        if !lapsed.is_empty() {
+            self.touch(db, lapsed);
         }
     }
 
@@ -289,7 +330,12 @@ impl TableClock {
         tables: impl IntoIterator<Item = &'a str> + Clone,
         lsn: u64,
     ) {
-        let tables_again = tables.clone();
+        self.advance_quietly(db, tables.clone(), lsn);
+        self.touch(db, tables);
+    }
+
+    /// `advance`, leaving the cache's stamps alone.
+    fn advance_quietly<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>, lsn: u64) {
         let mut map = self.map.write().expect("table clock lock");
         for t in tables {
             if t == CATALOG {
@@ -305,7 +351,6 @@ impl TableClock {
         }
         let entries = map.len() + self.catalogs.read().expect("catalog list lock").len();
         drop(map);
-        self.touch(db, tables_again);
         metrics::gauge!("pgwarden_table_clock_entries").set(entries as f64);
     }
 
@@ -407,5 +452,35 @@ mod tests {
         c.begin_commit("app", ["v"], ttl);
         c.end_commit("app", ["v"]);
         assert_eq!(c.max_of("app", ["v"]), 0);
+    }
+
+    #[test]
+    fn a_settled_commit_moves_the_stamps_once_unless_its_marker_lapsed() {
+        let c = TableClock::default();
+        let before = c.stamp();
+        c.begin_commit("app", ["t"], Duration::from_secs(60));
+        let filled = c.stamp();
+        assert!(
+            !c.unchanged_since("app", ["t"], before),
+            "the commit moved t"
+        );
+        c.settle("app", ["t"], 10);
+        assert!(
+            c.unchanged_since("app", ["t"], filled),
+            "its position moves it no more"
+        );
+        assert_eq!(c.max_of("app", ["t"]), 10);
+        c.begin_commit("app", ["t"], Duration::ZERO);
+        let filled = c.stamp();
+        c.settle("app", ["t"], 20);
+        assert!(
+            !c.unchanged_since("app", ["t"], filled),
+            "a lapsed marker: moved again"
+        );
+        c.advance("app", ["u"], 5);
+        assert!(
+            !c.unchanged_since("app", ["u"], filled),
+            "another proxy's write moves it"
+        );
     }
 }

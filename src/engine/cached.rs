@@ -56,11 +56,15 @@ impl Engine {
                 return None;
             }
         };
+        let Some(period) = self.bus_period() else {
+            cache.channel_down();
+            return None;
+        };
         let user = &session.user;
         let db = session.database.as_str();
         let k = key::key(db, &user.name, &user.server_user, &session.params, req);
         let clock = &self.shared.table_clock;
-        match cache.get(&k, clock) {
+        match cache.get(&k, clock, period) {
             Lookup::Hit(reply) => return Some(reply),
             Lookup::Miss => {}
         }
@@ -74,6 +78,7 @@ impl Engine {
             db: db.to_string(),
             tables,
             stamp,
+            period,
             ttl,
             reply: BytesMut::new(),
             spoiled: None,
@@ -84,7 +89,16 @@ impl Engine {
     /// The request was answered: keep its fill, if it had one and it holds.
     pub(crate) fn cache_finish(&mut self) {
         if let (Some(fill), Some(cache)) = (self.fill.take(), self.shared.cache.as_ref()) {
-            cache.finish(*fill, &self.shared.table_clock);
+            cache.finish(*fill, &self.shared.table_clock, self.bus_period());
+        }
+    }
+
+    /// The fleet bus's period (0 without a bus); None while it is down, when the cache
+    /// may have missed invalidations from the rest of the fleet.
+    fn bus_period(&self) -> Option<u64> {
+        match &self.shared.bus {
+            None => Some(0),
+            Some(bus) => bus.period(),
         }
     }
 

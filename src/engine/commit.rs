@@ -216,8 +216,7 @@ impl CaptureTarget {
         let pos = position?;
         let clock = &self.shared.table_clock;
         let names = || tables.iter().map(String::as_str);
-        clock.advance(&self.database, names(), pos);
-        clock.end_commit(&self.database, names());
+        clock.settle(&self.database, names(), pos);
         if let Some(f) = &mut in_flight {
             f.settle(pos);
         }

@@ -10,6 +10,7 @@ mod common;
 
 mod auto_prepare;
 mod bus;
+mod cache;
 mod consistency;
 mod fleet;
 mod frontdoor;

@@ -3,6 +3,9 @@ use crate::config::{CacheConfig, CacheRule};
 use crate::router::analysis::analyze;
 use crate::router::fingerprint::fingerprint;
 
+/// What `decide` should return for one query.
+type Want = Result<Duration, NoCache>;
+
 /// A catalog of tables t and u, view v, builtins count/lower/pg_is_in_recovery/version.
 struct Model;
 
@@ -108,7 +111,7 @@ fn rules_by_table_and_pattern() {
     ];
     let all_safe = Rules::new(&config(CacheMode::AllSafe, rules.clone()));
     let only_rules = Rules::new(&config(CacheMode::Rules, rules));
-    let table: &[(&str, Result<Duration, NoCache>, Result<Duration, NoCache>)] = &[
+    let table: &[(&str, Want, Want)] = &[
         ("select v from t where id = 1", secs(30), secs(30)),
         // The pattern matches whatever the literal; the shortest TTL of two rules wins.
         ("select v from u where id = 42", secs(10), secs(10)),

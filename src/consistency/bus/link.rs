@@ -7,7 +7,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,6 +44,9 @@ pub(crate) struct RedisLink {
     target: String,
     labels: LinkLabels,
     up: Box<[AtomicBool]>,
+    /// How many times the link became complete: a cache entry filled during one period
+    /// must not be served in the next (invalidations may have been missed between).
+    periods: AtomicU64,
     log: Mutex<LinkLog>,
 }
 
@@ -62,6 +65,7 @@ impl RedisLink {
             target,
             labels,
             up: (0..connections).map(|_| AtomicBool::new(false)).collect(),
+            periods: AtomicU64::new(0),
             log: Mutex::new(LinkLog::default()),
         })
     }
@@ -92,10 +96,27 @@ impl RedisLink {
         self.up.iter().all(|f| f.load(Ordering::Acquire))
     }
 
+    /// The number of the current period with every connection up, or None while any is
+    /// down.
+    pub(crate) fn period(&self) -> Option<u64> {
+        let n = self.periods.load(Ordering::Acquire);
+        (self.all_up() && self.periods.load(Ordering::Acquire) == n).then_some(n)
+    }
+
     /// Marks connection `conn` as up; logs "connected" or "back" when that completes the link.
     pub(crate) fn up(&self, conn: usize) {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let before = self.all_up();
+        let others_up = self
+            .up
+            .iter()
+            .enumerate()
+            .all(|(i, f)| i == conn || f.load(Ordering::Acquire));
+        // The new period is numbered before the link shows as up, so no reader pairs
+        // "up" with the old number.
+        if !before && others_up {
+            self.periods.fetch_add(1, Ordering::AcqRel);
+        }
         self.up[conn].store(true, Ordering::Release);
         if !before && self.all_up() {
             let LinkLabels { name, gauge, .. } = &self.labels;

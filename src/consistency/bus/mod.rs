@@ -159,6 +159,12 @@ impl FleetBus {
         self.link.as_ref().is_some_and(|l| l.all_up())
     }
 
+    /// While connected, a number that changes on every reconnect: what this proxy's cache
+    /// has filled is good only within one (`cache::Cache::get`).
+    pub fn period(&self) -> Option<u64> {
+        self.link.as_ref().and_then(|l| l.period())
+    }
+
     /// Writes not published because Redis was unreachable or the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
