@@ -28,7 +28,8 @@ import urllib.request
 
 import stale
 from compare import Path, conn_args, interrupt, log, pgbench_bin, pgbench_env
-from topology import APP_DB, APP_PASSWORD, APP_USER, Children, Poolers, Sandbox, free_port
+from topology import (APP_DB, APP_PASSWORD, APP_USER, Children, Poolers, Sandbox, free_port,
+                      merge)
 
 MIX_SQL = """\\set id random(1, 1000)
 \\set r random(1, 100)
@@ -40,7 +41,13 @@ SELECT v FROM t_hot WHERE id = :id;
 SELECT v FROM t_cold WHERE id = :id;
 \\endif
 """
+# --script hot-reads: the cache's workload, repeated reads of a hot set (no writes).
+HOT_READS_SQL = """\\set id random(1, 100)
+SELECT v FROM t_hot WHERE id = :id;
+"""
+SCRIPTS = {"mix": MIX_SQL, "hot-reads": HOT_READS_SQL}
 TABLES = ("t_hot", "t_cold")
+PATHS = ("direct", "pgbouncer", "pgwarden", "pgwarden-cache")
 NODES = ("primary", "replica1", "replica2")
 DECISIONS = ("replica", "waited", "primary_fallback", "primary_at_once", "multiplexed")
 
@@ -68,6 +75,10 @@ def parse_args():
                     help="longest wait for the servers' table statistics to be flushed")
     ap.add_argument("--no-pause", action="store_true",
                     help="leave replica1 replaying: a control run for the paused one")
+    ap.add_argument("--script", choices=sorted(SCRIPTS), default="mix",
+                    help="mix: the 10%% write mix; hot-reads: SELECTs of 100 hot rows")
+    ap.add_argument("--cache", action="store_true",
+                    help="also run path pgwarden-cache: pgwarden with cache.mode all-safe")
     ap.add_argument("--out", help="report file (default /tmp/pgwarden-mix-<time>.md)")
     a = ap.parse_args()
     a.sync = a.sync.split(",")  # PostgreSQL rejects a bad value at the first ALTER SYSTEM
@@ -214,7 +225,7 @@ def benchmark(a, sandbox: Sandbox, endpoints: dict, admin_port: int, workdir: st
     "stale": {path: Counts | str}}}."""
     script = os.path.join(workdir, "mix.sql")
     with open(script, "w") as f:
-        f.write(MIX_SQL)
+        f.write(SCRIPTS[a.script])
     results, expected = {}, total_scans(table_stats(sandbox))
     total, n = len(a.sync) * a.rounds * len(endpoints), 0
     for sync in a.sync:
@@ -226,6 +237,7 @@ def benchmark(a, sandbox: Sandbox, endpoints: dict, admin_port: int, workdir: st
                 if name == "pgwarden":
                     before, note0 = settle(sandbox, expected, a.settle_timeout)
                     expected, m0 = total_scans(before), scrape(admin_port)
+                hits0 = cache_hits(a, name)
                 out = run_pgbench(a, port, script)
                 if isinstance(out, str):
                     res["errors"].setdefault(name, out)
@@ -233,7 +245,7 @@ def benchmark(a, sandbox: Sandbox, endpoints: dict, admin_port: int, workdir: st
                     expected = total_scans(table_stats(sandbox))  # unknown; start again
                     continue
                 tps, done, idle = out
-                expected += done
+                expected += done - cache_hits(a, name, hits0)
                 res["tps"].setdefault(name, []).append(tps)
                 shown = ""
                 if name == "pgwarden":
@@ -250,6 +262,7 @@ def benchmark(a, sandbox: Sandbox, endpoints: dict, admin_port: int, workdir: st
         if a.check_seconds > 0:
             for name, port in endpoints.items():
                 try:
+                    hits0 = cache_hits(a, name)
                     c = stale.check(port, a.clients, a.check_seconds, a.protocol, APP_USER,
                                     APP_PASSWORD, APP_DB)
                 except Exception as e:  # a refused login or a dropped connection
@@ -257,10 +270,19 @@ def benchmark(a, sandbox: Sandbox, endpoints: dict, admin_port: int, workdir: st
                     log(f"stale check sync={sync} {name}: {res['stale'][name]}")
                     continue
                 res["stale"][name] = c
-                expected += c.statements
+                expected += c.statements - cache_hits(a, name, hits0)
                 log(f"stale check sync={sync} {name:9} {c.statements} statements, "
                     f"stale {c.stale_own} own / {c.stale_any} any, {c.errors} errors")
     return results
+
+
+def cache_hits(a, path: str, since: int = 0) -> int:
+    """Reads path pgwarden-cache answered from its cache (they scan no table), less
+    `since`; 0 for the other paths."""
+    if path != "pgwarden-cache":
+        return 0
+    m = scrape(a.cache_admin)
+    return int(sum(v for k, v in m.items() if k.startswith("pgwarden_cache_hits_total"))) - since
 
 
 def run_summary(run: dict) -> str:
@@ -283,7 +305,7 @@ def report(a, results: dict, versions: str, command: str) -> str:
     out = ["# The 10% write mix: direct PostgreSQL vs PgBouncer vs pgwarden", "",
            f"`{command}`", "", versions, "",
            f"pgbench -n -c {a.clients} -j {a.threads} -T {a.duration} -M {a.protocol} -f mix.sql,"
-           f" {a.rounds} round(s), median ops/s (one statement per transaction); pool size "
+           f" ({a.script}), {a.rounds} round(s), median ops/s (one statement per transaction); pool size "
            f"{a.pool_size}; pgwarden consistency mode {a.consistency or 'default (strict)'}; "
            f"{os.cpu_count()} CPUs shared by PostgreSQL x3, the poolers and pgbench.", "",
            "Mix: 10% `UPDATE t_hot ... RETURNING v`, 45% `SELECT` of t_hot, 45% of t_cold "
@@ -307,7 +329,7 @@ def report(a, results: dict, versions: str, command: str) -> str:
                 "t_cold reads on replicas", "decisions (" + " / ".join(DECISIONS) + ")",
                 "stale reads (own / any)"]
         out += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-        for path in ("direct", "pgbouncer", "pgwarden"):
+        for path in (p for p in PATHS if p in res["tps"] or p in res["errors"]):
             cells = [path, f"{med[path]:.0f}" if path in med else
                      f"n/a ({res['errors'].get(path, '?')[:80]})"]
             cells += [ratio(med, path, "pgbouncer"), ratio(med, path, "direct")]
@@ -400,6 +422,11 @@ def start_poolers(a, children: Children, sandbox: Sandbox, workdir: str
     poolers = Poolers(children, sandbox, a.pgwarden, None, workdir, max_clients=a.clients + 100)
     paths = [Path("direct", "direct"), Path("pgbouncer", "pgbouncer"),
              Path("pgwarden", "pgwarden", extra)]
+    if a.cache:
+        a.cache_admin = free_port()
+        cached = merge(extra, {"admin_listen": f"127.0.0.1:{a.cache_admin}",
+                               "cache": {"mode": "all-safe"}})
+        paths.append(Path("pgwarden-cache", "pgwarden", cached))
     return {p.name: poolers.endpoint(p, a.pool_size).port for p in paths}, admin
 
 
