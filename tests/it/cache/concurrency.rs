@@ -1,15 +1,22 @@
 //! Reads racing writes through two proxies of a fleet, a replica paused: every read is
 //! compared with the value committed before it began.
 
-use super::{cached_env, caught_up, second_proxy};
-use crate::common::wait_for;
-use pgwarden::sandbox::redis::RedisServer;
+use super::{caught_up, fleet_of_two};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 const ROWS: i32 = 3;
 const WRITES_PER_WRITER: usize = 150;
+
+/// The first column of the one row a simple query returned.
+fn first_i64(rows: &[tokio_postgres::SimpleQueryMessage]) -> i64 {
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .expect("a row")
+}
 
 async fn client(port: u16) -> tokio_postgres::Client {
     let dsn = format!("postgres://app:app@127.0.0.1:{port}/app?sslmode=disable");
@@ -22,26 +29,7 @@ async fn client(port: u16) -> tokio_postgres::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_racing_writes_through_two_proxies_are_never_stale() {
-    let redis = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let a = cached_env(
-        2,
-        &format!("consistency:\n  fleet_redis_url: {}\n", redis.url()),
-    )
-    .await;
-    let b = second_proxy(&a).await;
-    let buses = [
-        a.proxy.shared.bus.clone().unwrap(),
-        b.shared.bus.clone().unwrap(),
-    ];
-    wait_for(
-        "both proxies on the bus",
-        Duration::from_secs(10),
-        || async { buses.iter().all(|b| b.is_connected()).then_some(()) },
-    )
-    .await;
+    let (a, b, _buses, _redis) = fleet_of_two(2).await;
     a.direct()
         .await
         .batch_execute(&format!(
@@ -70,15 +58,7 @@ async fn reads_racing_writes_through_two_proxies_are_never_stale() {
                 let k = ((i + w) % ROWS as usize) as i32 + 1;
                 let sql = format!("update hot set n = n + 1 where k = {k} returning n");
                 let rows = c.simple_query(&sql).await.unwrap();
-                let n: i64 = rows
-                    .iter()
-                    .find_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => {
-                            r.get(0).map(|v| v.parse().unwrap())
-                        }
-                        _ => None,
-                    })
-                    .unwrap();
+                let n = first_i64(&rows);
                 committed[k as usize - 1].fetch_max(n, Ordering::SeqCst);
             }
         }));
@@ -103,15 +83,7 @@ async fn reads_racing_writes_through_two_proxies_are_never_stale() {
                     .simple_query(&format!("select n from hot where k = {k}"))
                     .await
                     .unwrap();
-                let n: i64 = rows
-                    .iter()
-                    .find_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => {
-                            r.get(0).map(|v| v.parse().unwrap())
-                        }
-                        _ => None,
-                    })
-                    .unwrap();
+                let n = first_i64(&rows);
                 reads.fetch_add(1, Ordering::Relaxed);
                 if n < floor {
                     stale.fetch_add(1, Ordering::Relaxed);

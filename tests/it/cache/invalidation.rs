@@ -2,9 +2,8 @@
 //! one, never before COMMIT), TRUNCATE and DDL, a flush on the admin port, and another
 //! proxy's write through the fleet bus.
 
-use super::{cached_env, fill, fill_in, hit, post, second_proxy};
+use super::{cached_env, fill, fill_in, fleet_of_two, hit, post};
 use crate::common::{one_row, wait_for, Wire};
-use pgwarden::sandbox::redis::RedisServer;
 use std::time::Duration;
 
 fn text(row: &[Option<Vec<u8>>], i: usize) -> String {
@@ -118,26 +117,7 @@ async fn truncate_alter_table_and_a_flush_invalidate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_one_proxy_invalidates_the_others_cache() {
-    let mut redis = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let a = cached_env(
-        1,
-        &format!("consistency:\n  fleet_redis_url: {}\n", redis.url()),
-    )
-    .await;
-    let b = second_proxy(&a).await;
-    let buses = [
-        a.proxy.shared.bus.clone().unwrap(),
-        b.shared.bus.clone().unwrap(),
-    ];
-    wait_for(
-        "both proxies on the bus",
-        Duration::from_secs(10),
-        || async { buses.iter().all(|b| b.is_connected()).then_some(()) },
-    )
-    .await;
+    let (a, b, buses, mut redis) = fleet_of_two(1).await;
     a.cluster.replicas[0]
         .psql("postgres", "app", "select pg_wal_replay_pause()")
         .unwrap();

@@ -6,10 +6,13 @@ mod hits;
 mod invalidation;
 mod isolation;
 
-use crate::common::{start, Env, Msg, Setup, Wire};
+use crate::common::{start, wait_for, Env, Msg, Setup, Wire};
 use pgwarden::cache::{Cache, Stats};
 use pgwarden::config::Config;
+use pgwarden::consistency::bus::FleetBus;
+use pgwarden::sandbox::redis::RedisServer;
 use pgwarden::Proxy;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A proxy in transaction mode with the cache on for every safe read, over `replicas`
@@ -123,4 +126,27 @@ pub async fn hit(env: &Env, w: &mut Wire, sql: &str) -> (bool, Vec<Msg>) {
     let before = stats(env).hits;
     let reply = w.simple(sql).await;
     (stats(env).hits > before, reply)
+}
+
+/// Two proxies of one fleet (a redis-server of their own) over `replicas` replicas, both
+/// on the bus: the first's Env, the second proxy, both buses, and the redis-server.
+pub async fn fleet_of_two(replicas: usize) -> (Env, Proxy, [Arc<FleetBus>; 2], RedisServer) {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let fleet = format!("consistency:\n  fleet_redis_url: {}\n", redis.url());
+    let a = cached_env(replicas, &fleet).await;
+    let b = second_proxy(&a).await;
+    let buses = [
+        a.proxy.shared.bus.clone().unwrap(),
+        b.shared.bus.clone().unwrap(),
+    ];
+    wait_for(
+        "both proxies on the bus",
+        Duration::from_secs(10),
+        || async { buses.iter().all(|b| b.is_connected()).then_some(()) },
+    )
+    .await;
+    (a, b, buses, redis)
 }
