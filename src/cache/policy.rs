@@ -140,8 +140,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 pub struct Read<'a> {
     pub analysis: &'a Analysis,
     pub sql: &'a str,
-    /// The parse cache's fingerprint of `sql` (what pattern rules match).
-    pub fingerprint: u64,
 }
 
 /// The rules of the config, compiled once.
@@ -149,6 +147,8 @@ pub struct Rules {
     mode: CacheMode,
     default_ttl: Duration,
     rules: Vec<Rule>,
+    /// Some rule has a pattern: only then is a read's fingerprint worth computing.
+    patterns: bool,
 }
 
 struct Rule {
@@ -173,6 +173,7 @@ impl Rules {
                     nocache: r.nocache,
                 })
                 .collect(),
+            patterns: c.rules.iter().any(|r| r.pattern.is_some()),
         }
     }
 
@@ -215,9 +216,12 @@ impl Rules {
         }
         let tables: Vec<String> = s.reads.iter().map(|t| t.name.to_lowercase()).collect();
         // Rules first: a rule naming a view allows it.
+        let print = self
+            .patterns
+            .then(|| crate::router::fingerprint::fingerprint(read.sql));
         let matching = self.rules.iter().filter(|r| {
             r.table.as_ref().is_some_and(|t| tables.contains(t))
-                || r.fingerprint == Some(read.fingerprint)
+                || (r.fingerprint.is_some() && r.fingerprint == print)
         });
         let mut ttl: Option<Duration> = None;
         let mut matched = false;

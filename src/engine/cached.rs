@@ -11,7 +11,6 @@ use crate::config::PoolMode;
 use crate::consistency::{CATALOG, OPAQUE};
 use crate::protocol::tags::frontend::QUERY_TAG;
 use crate::protocol::views;
-use crate::router::fingerprint::fingerprint;
 use bytes::{Bytes, BytesMut};
 
 impl Engine {
@@ -40,7 +39,6 @@ impl Engine {
             let read = Read {
                 analysis: &analysis,
                 sql,
-                fingerprint: fingerprint(sql),
             };
             let (db, clock, pool) = (&session.database, &self.shared.table_clock, &self.pool.pool);
             let loaded = self.shared.reach.current(db, clock, pool);

@@ -1,7 +1,6 @@
 use super::*;
 use crate::config::{CacheConfig, CacheRule};
 use crate::router::analysis::analyze;
-use crate::router::fingerprint::fingerprint;
 
 /// What `decide` should return for one query.
 type Want = Result<Duration, NoCache>;
@@ -38,7 +37,6 @@ fn decide_with(rules: &Rules, sql: &str) -> Result<Duration, NoCache> {
     let read = Read {
         analysis: &analysis,
         sql,
-        fingerprint: fingerprint(sql),
     };
     rules.decide(&read, Some(&Model))
 }
@@ -148,7 +146,6 @@ fn without_a_catalog_model_nothing_is_cached() {
     let read = Read {
         analysis: &analysis,
         sql,
-        fingerprint: fingerprint(sql),
     };
     assert_eq!(rules.decide(&read, None), Err(NoCache::UnknownTable));
 }
