@@ -334,6 +334,19 @@ impl TableClock {
         self.touch(db, tables);
     }
 
+    /// Moves each table to its position from the fleet's stored clock where that is
+    /// ahead, touching only those; returns whether any moved.
+    pub fn catch_up<'a>(&self, db: &str, known: impl IntoIterator<Item = (&'a str, u64)>) -> bool {
+        let ahead: Vec<(&str, u64)> = known
+            .into_iter()
+            .filter(|(t, lsn)| *lsn > self.get(db, t))
+            .collect();
+        for (t, lsn) in &ahead {
+            self.advance(db, [*t], *lsn);
+        }
+        !ahead.is_empty()
+    }
+
     /// `advance`, leaving the cache's stamps alone.
     fn advance_quietly<'a>(&self, db: &str, tables: impl IntoIterator<Item = &'a str>, lsn: u64) {
         let mut map = self.map.write().expect("table clock lock");
@@ -482,5 +495,20 @@ mod tests {
             !c.unchanged_since("app", ["u"], filled),
             "another proxy's write moves it"
         );
+    }
+
+    #[test]
+    fn catching_up_moves_only_tables_the_fleet_has_further() {
+        let c = TableClock::default();
+        c.advance("app", ["t", CATALOG], 10);
+        let filled = c.stamp();
+        assert!(!c.catch_up("app", [("t", 10), (CATALOG, 5), ("u", 0)]));
+        assert!(c.unchanged_since("app", ["t", CATALOG, "u"], filled));
+        assert!(c.catch_up("app", [("t", 10), ("u", 7)]));
+        assert!(c.unchanged_since("app", ["t"], filled), "t was current");
+        assert!(!c.unchanged_since("app", ["u"], filled), "u moved");
+        assert_eq!(c.max_of("app", ["u"]), 7);
+        assert!(c.catch_up("app", [(CATALOG, 12)]));
+        assert_eq!(c.catalog("app"), 12);
     }
 }

@@ -5,25 +5,48 @@
 
 use super::plan::Needed;
 use super::Engine;
+use crate::cache::key::{self, Key};
 use crate::cache::policy::{NoCache, Read};
-use crate::cache::{key, Fill, Lookup, Refused};
+use crate::cache::{Cache, Fill, Lookup, Refused};
 use crate::config::PoolMode;
 use crate::consistency::{CATALOG, OPAQUE};
 use crate::protocol::tags::frontend::QUERY_TAG;
 use crate::protocol::views;
+use crate::router::analysis::Analysis;
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A read the cache may answer, before it is looked up.
+pub(crate) struct Probe {
+    cache: Arc<Cache>,
+    key: Key,
+    ttl: Duration,
+    /// The fleet bus's period (0 without a bus).
+    period: u64,
+    analysis: Arc<Analysis>,
+}
+
+impl Probe {
+    /// What an entry of it depends on: the tables it reads (lower-cased), the catalog
+    /// and the opaque clock.
+    pub(crate) fn tables(&self) -> Vec<String> {
+        let reads = self.analysis.reads().map(|t| t.name.to_lowercase());
+        reads
+            .chain([CATALOG.to_string(), OPAQUE.to_string()])
+            .collect()
+    }
+
+    /// The fleet could not say what changed: nothing is served or kept.
+    pub(crate) fn give_up(self) {
+        self.cache.channel_down();
+    }
+}
 
 impl Engine {
-    /// For a simple Query the cache may answer: its kept reply, or None with a fill
-    /// started (and `needed` raised to what the fill needs) or nothing to do. `stamp`
-    /// is the table clock's, read before the request was planned.
-    pub(crate) fn cache_lookup(
-        &mut self,
-        req: &BytesMut,
-        tag: u8,
-        stamp: u64,
-        needed: &mut Needed,
-    ) -> Option<Bytes> {
+    /// For a simple Query the cache may answer: what to look up, or None (and why,
+    /// counted) when the cache must not answer it.
+    pub(crate) fn cache_probe(&mut self, req: &BytesMut, tag: u8) -> Option<Probe> {
         let cache = self.shared.cache.clone()?;
         if tag != QUERY_TAG {
             return None;
@@ -59,25 +82,47 @@ impl Engine {
             return None;
         };
         let user = &session.user;
-        let db = session.database.as_str();
-        let k = key::key(db, &user.name, &user.server_user, &session.params, req);
+        let key = key::key(
+            &session.database,
+            &user.name,
+            &user.server_user,
+            &session.params,
+            req,
+        );
+        Some(Probe {
+            cache,
+            key,
+            ttl,
+            period,
+            analysis,
+        })
+    }
+
+    /// The probe's kept reply, or None with a fill started (and `needed` raised to what
+    /// the fill needs). `stamp` is the table clock's, read before the request was planned.
+    pub(crate) fn cache_lookup(
+        &mut self,
+        probe: Probe,
+        stamp: u64,
+        needed: &mut Needed,
+    ) -> Option<Bytes> {
         let clock = &self.shared.table_clock;
-        match cache.get(&k, clock, period) {
+        match probe.cache.get(&probe.key, clock, probe.period) {
             Lookup::Hit(reply) => return Some(reply),
             Lookup::Miss => {}
         }
-        let mut tables: Vec<String> = analysis.reads().map(|t| t.name.to_lowercase()).collect();
-        tables.extend([CATALOG.to_string(), OPAQUE.to_string()]);
+        let db = self.session.database.as_str();
+        let tables = probe.tables();
         // The fill must see every commit acknowledged before `stamp`, in any mode.
         let strict = clock.max_of(db, tables.iter().map(String::as_str));
         needed.min_position = needed.min_position.max(strict);
         self.fill = Some(Box::new(Fill {
-            key: k,
+            key: probe.key,
             db: db.to_string(),
             tables,
             stamp,
-            period,
-            ttl,
+            period: probe.period,
+            ttl: probe.ttl,
             reply: BytesMut::new(),
             spoiled: None,
         }));

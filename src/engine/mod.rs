@@ -7,6 +7,7 @@ mod cached;
 mod checkout;
 mod commit;
 pub mod exchange;
+mod fleet;
 pub mod lanes;
 mod local;
 mod login;

@@ -1,6 +1,7 @@
 //! Routing a complete client request: what its SQL does (through the parse cache), the
 //! session's overrides and the topology go into the pure router; the Plan picks a node.
 
+use super::fleet::FleetReads;
 use super::Engine;
 use crate::config::ConsistencyMode;
 use crate::consistency;
@@ -141,12 +142,14 @@ impl Engine {
         // again while the read waits.
         let recheck = (min_position == UNREACHABLE)
             .then(|| analyses.iter().map(|(a, _)| a.clone()).collect());
+        let fleet = self.fleet_reads(analyses.iter().map(|(a, _)| a));
         (
             p,
             Needed {
                 min_position,
                 recheck,
                 lifted,
+                fleet,
             },
         )
     }
@@ -198,7 +201,10 @@ impl Engine {
     /// model cannot follow, or reads a view or policy that runs one, or there is no
     /// current model to tell. A view or policy created after a write comes with a
     /// catalog position past that write, which every read needs.
-    fn read_span<'a>(&self, analyses: impl Iterator<Item = &'a Arc<Analysis>> + Clone) -> ReadSpan {
+    pub(crate) fn read_span<'a>(
+        &self,
+        analyses: impl Iterator<Item = &'a Arc<Analysis>> + Clone,
+    ) -> ReadSpan {
         let calls = || analyses.clone().flat_map(|a| a.calls());
         let shared = &self.shared;
         let opaque_reads = shared.reach.any_opaque_reads();
@@ -234,4 +240,6 @@ pub(crate) struct Needed {
     /// For a request that is one Query (with auto_prepare on): its parameterised form,
     /// found in the same lexer pass as its fingerprint.
     pub lifted: Lift,
+    /// In a fleet, what the read must catch up on before a replica may serve it.
+    pub(crate) fleet: Option<FleetReads>,
 }

@@ -31,14 +31,18 @@ impl Engine {
             return Ok(Outcome::Answered);
         }
         // Read before planning: a fill must not be kept past a change its plan missed.
-        let stamp = self
+        let mut stamp = self
             .shared
             .cache
             .as_ref()
             .map(|_| self.shared.table_clock.stamp());
         let (plan, mut needed) = self.route(&req);
-        if let Some(stamp) = stamp {
-            if let Some(hit) = self.cache_lookup(&req, tag, stamp, &mut needed) {
+        let mut probe = stamp.and_then(|_| self.cache_probe(&req, tag));
+        if self.shared.bus.is_some() && (needed.fleet.is_some() || probe.is_some()) {
+            Box::pin(self.fleet_catch_up(&mut needed, &mut probe, &mut stamp)).await;
+        }
+        if let (Some(probe), Some(stamp)) = (probe, stamp) {
+            if let Some(hit) = self.cache_lookup(probe, stamp, &mut needed) {
                 self.out.extend_from_slice(&hit);
                 self.flush_out().await?;
                 return Ok(Outcome::Answered);

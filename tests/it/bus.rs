@@ -209,6 +209,54 @@ async fn an_outage_degrades_to_the_local_clock_and_heals() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_catches_up_with_the_stored_clock_before_the_message() {
+    let mut server = blocking(RedisServer::start).unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    let a = proxy(&server.url(), &shutdown);
+    connected(&a).await;
+    a.clock.advance("app", ["t"], lsn::parse("1/0").unwrap());
+    // Stored as another proxy's commit stores it; no message is ever published.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HSET")
+        .arg(format!("{PREFIX}:clock:app"))
+        .arg("t")
+        .arg("0/5")
+        .arg("u")
+        .arg("2/0")
+        .arg("odd")
+        .arg("not an lsn")
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    let stamp = a.clock.stamp();
+    let moved = a.bus.catch_up("app", Some(&["t", "odd"])).await.unwrap();
+    assert!(!moved, "t is further here, and an odd value is skipped");
+    assert!(a.clock.unchanged_since("app", ["t"], stamp));
+    assert!(a.bus.catch_up("app", Some(&["u", "v"])).await.unwrap());
+    assert_eq!(a.clock.get("app", "u"), lsn::parse("2/0").unwrap());
+    assert!(!a.clock.unchanged_since("app", ["u"], stamp), "u moved");
+    redis::cmd("HSET")
+        .arg(format!("{PREFIX}:clock:app"))
+        .arg("w")
+        .arg("3/0")
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(a.bus.catch_up("app", None).await.unwrap(), "all tables");
+    assert_eq!(a.clock.get("app", "w"), lsn::parse("3/0").unwrap());
+    assert!(!a.bus.catch_up("other", None).await.unwrap(), "no hash");
+    drop(conn);
+    blocking(|| server.stop());
+    let bus = a.bus.clone();
+    wait_until("the bus to notice", move || !bus.is_connected()).await;
+    assert!(
+        a.bus.catch_up("app", Some(&["t"])).await.is_err(),
+        "Redis is gone: the read must do without"
+    );
+}
+
 /// Clients connected to the server, besides the one asking.
 async fn other_clients(url: &str) -> usize {
     let client = redis::Client::open(url).unwrap();
@@ -239,8 +287,8 @@ async fn shutdown_or_drop_stops_the_bus_tasks() {
     let (stop, shutdown) = watch::channel(false);
     let a = proxy(&server.url(), &shutdown);
     connected(&a).await;
-    // One publishing and one subscribed connection.
-    wait_for_clients(&server.url(), 2).await;
+    // One publishing, one subscribed and one reading connection.
+    wait_for_clients(&server.url(), 3).await;
     stop.send(true).unwrap();
     let bus = a.bus.clone();
     wait_until("bus stopped", move || !bus.is_connected()).await;
@@ -248,11 +296,11 @@ async fn shutdown_or_drop_stops_the_bus_tasks() {
     a.bus.publish(write("app", &["t"], 1));
     assert_eq!(a.bus.dropped(), 1);
 
-    // Dropping the last handle also ends both tasks, without a shutdown signal.
+    // Dropping the last handle also ends the tasks, without a shutdown signal.
     let (_stop, shutdown) = watch::channel(false);
     let b = proxy(&server.url(), &shutdown);
     connected(&b).await;
-    wait_for_clients(&server.url(), 2).await;
+    wait_for_clients(&server.url(), 3).await;
     drop(b);
     wait_for_clients(&server.url(), 0).await;
 }

@@ -1,26 +1,33 @@
 //! The fleet bus: shares the table clock between the proxies of a fleet through Redis, so a
 //! write through one proxy makes every other proxy route and cache reads of its tables safely.
-//! This file is its public face; `link` connects to Redis, `publisher` and `subscriber` are
-//! its two tasks, and `wire` is the message format.
+//! This file is its public face; `link` connects to Redis, `publisher`, `subscriber` and
+//! `reader` are its three tasks, and `wire` is the message format.
 
 pub(crate) mod link;
 mod publisher;
+mod reader;
 mod subscriber;
 mod wire;
 
-use crate::consistency::TableClock;
-use anyhow::{anyhow, bail, Result};
+use crate::consistency::{lsn, TableClock};
+use anyhow::{anyhow, bail, Context as _, Result};
 use link::{LinkLabels, RedisLink, Stop};
 use publisher::{Dropped, Job, Publisher, QUEUE_CAPACITY};
+use reader::Reader;
+use redis::aio::MultiplexedConnection;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use subscriber::Subscriber;
 use tokio::sync::{mpsc, oneshot, watch};
 
-// The bus's two connections, as numbered in its RedisLink.
+// The bus's three connections, as numbered in its RedisLink.
 const PUBLISHER: usize = 0;
 const SUBSCRIBER: usize = 1;
-const CONNECTIONS: usize = 2;
+const READER: usize = 2;
+const CONNECTIONS: usize = 3;
+/// How long a read waits for the stored clock before it goes without it.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// How the link's log lines and gauge name the bus.
 fn labels() -> LinkLabels {
@@ -39,12 +46,14 @@ pub struct TableWrite {
     pub lsn: u64,
 }
 
-/// Handle to the two background tasks of one proxy. Dropping the last handle stops them.
+/// Handle to the three background tasks of one proxy. Dropping the last handle stops them.
 ///
 /// Each write is stored in a hash `<prefix>:clock:<db>` (field = lowercased table, value =
 /// LSN as "X/Y", only ever moved forward) and published on `<prefix>:writes`, in one atomic
 /// script. The subscriber applies messages to the local clock and, on every (re)connect,
 /// first loads the stored hashes, so a proxy that starts late or missed messages catches up.
+/// A read that must not miss another proxy's acknowledged write reads the stored hash
+/// first ([`FleetBus::catch_up`]): its message may still be on its way.
 ///
 /// Redis is an accelerator, never a dependency: while it is unreachable the proxy routes
 /// with its own clock, writes it cannot publish are dropped and counted, and both tasks
@@ -53,6 +62,10 @@ pub struct FleetBus {
     queue: mpsc::Sender<Job>,
     /// None when the URL was invalid: no tasks run and the bus stays disconnected.
     link: Option<Arc<RedisLink>>,
+    /// The reader's connection, while it has one.
+    reader: watch::Receiver<Option<MultiplexedConnection>>,
+    clock_prefix: String,
+    clock: Arc<TableClock>,
     dropped: Arc<Dropped>,
     proxy_id: String,
     // Never sent on: its drop tells the subscriber that the bus is gone.
@@ -75,10 +88,11 @@ impl FleetBus {
         let (alive, gone) = oneshot::channel();
         let proxy_id = format!("{:016x}", rand::random::<u64>());
         let dropped = Arc::new(Dropped::default());
+        let names = Arc::new(Names::new(prefix));
+        let (reader_tx, reader) = watch::channel(None);
         let link = match RedisLink::open(url, labels(), CONNECTIONS) {
             Ok(link) => {
                 let link = Arc::new(link);
-                let names = Arc::new(Names::new(prefix));
                 let publisher = Publisher {
                     link: link.clone(),
                     names: names.clone(),
@@ -89,11 +103,16 @@ impl FleetBus {
                 tokio::spawn(publisher.run(jobs, stop));
                 let subscriber = Subscriber {
                     link: link.clone(),
-                    names,
+                    names: names.clone(),
                     proxy_id: proxy_id.clone(),
-                    clock,
+                    clock: clock.clone(),
                 };
-                tokio::spawn(subscriber.run(Stop::new(shutdown, Some(gone))));
+                tokio::spawn(subscriber.run(Stop::new(shutdown.clone(), Some(gone))));
+                let reader = Reader {
+                    link: link.clone(),
+                    conn: reader_tx,
+                };
+                tokio::spawn(reader.run(Stop::new(shutdown, None)));
                 Some(link)
             }
             Err(e) => {
@@ -104,6 +123,9 @@ impl FleetBus {
         Arc::new(FleetBus {
             queue,
             link,
+            reader,
+            clock_prefix: names.clock_prefix.clone(),
+            clock,
             dropped,
             proxy_id,
             _alive: alive,
@@ -154,7 +176,51 @@ impl FleetBus {
             .map_err(|_| anyhow!("fleet bus: Redis did not acknowledge within {timeout:?}"))?
     }
 
-    /// Both connections (publishing and subscribed) are up.
+    /// Brings the local clock of `tables` of `db` (lower-cased; None: all of them) up to
+    /// the fleet's stored clock, so a read planned after it sees every write another
+    /// proxy acknowledged before it began. Returns whether any table moved; errs when
+    /// Redis does not answer (in time), and the read must then do without.
+    pub async fn catch_up(&self, db: &str, tables: Option<&[&str]>) -> Result<bool> {
+        let conn = self.reader.borrow().clone();
+        let Some(mut conn) = conn else {
+            bail!("fleet bus is not connected to Redis");
+        };
+        let key = format!("{}{db}", self.clock_prefix);
+        let read = async {
+            match tables {
+                Some(tables) => {
+                    let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg(tables)
+                        .query_async(&mut conn)
+                        .await?;
+                    let known = tables.iter().zip(values).filter_map(|(t, v)| {
+                        let lsn = lsn::parse(std::str::from_utf8(&v?).ok()?)?;
+                        Some((*t, lsn))
+                    });
+                    Ok::<_, redis::RedisError>(self.clock.catch_up(db, known))
+                }
+                None => {
+                    // As bytes: one odd field must not fail the read.
+                    let fields: HashMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await?;
+                    let known = fields.iter().filter_map(|(t, v)| {
+                        let lsn = lsn::parse(std::str::from_utf8(v).ok()?)?;
+                        Some((std::str::from_utf8(t).ok()?, lsn))
+                    });
+                    Ok(self.clock.catch_up(db, known))
+                }
+            }
+        };
+        tokio::time::timeout(CATCH_UP_TIMEOUT, read)
+            .await
+            .map_err(|_| anyhow!("Redis did not answer within {CATCH_UP_TIMEOUT:?}"))?
+            .context("reading the fleet's stored clock")
+    }
+
+    /// Every connection (publishing, subscribed, reading) is up.
     pub fn is_connected(&self) -> bool {
         self.link.as_ref().is_some_and(|l| l.all_up())
     }

@@ -5,6 +5,7 @@ mod concurrency;
 mod hits;
 mod invalidation;
 mod isolation;
+mod late_message;
 
 use crate::common::{start, wait_for, Env, Msg, Setup, Wire};
 use pgwarden::cache::{Cache, Stats};
