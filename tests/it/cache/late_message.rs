@@ -14,7 +14,18 @@ fn value(reply: &[crate::common::Msg]) -> String {
     String::from_utf8(row[0].clone().expect("not NULL")).unwrap()
 }
 
-/// What a proxy's commit stores in the fleet's clock hash before its client's reply.
+/// A write that bypasses this proxy, then the clock another proxy's commit of it would
+/// store in Redis before its client's reply (kv's field at the primary's position).
+async fn write_as_another_proxy(direct: &tokio_postgres::Client, url: &str, sql: &str) {
+    direct.batch_execute(sql).await.unwrap();
+    let lsn: String = direct
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    store_clock(url, "kv", &lsn).await;
+}
+
 async fn store_clock(url: &str, table: &str, lsn: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -50,16 +61,8 @@ async fn a_write_stored_in_the_fleet_clock_is_seen_before_its_message() {
     let direct = env.direct().await;
 
     // The cache: the kept entry predates the write.
-    direct
-        .batch_execute("update kv set v = 'new1' where k = 1")
-        .await
-        .unwrap();
-    let lsn: String = direct
-        .query_one("select pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    store_clock(&redis.url(), "kv", &lsn).await;
+    let url = redis.url();
+    write_as_another_proxy(&direct, &url, "update kv set v = 'new1' where k = 1").await;
     let hits = env.proxy.shared.cache.as_ref().unwrap().stats().hits;
     assert_eq!(value(&w.simple(cached).await), "new1", "not the old entry");
     assert_eq!(
@@ -69,16 +72,7 @@ async fn a_write_stored_in_the_fleet_clock_is_seen_before_its_message() {
     );
 
     // The routing: both replicas are paused before the write, so only the primary has it.
-    direct
-        .batch_execute("update kv set v = 'new2' where k = 2")
-        .await
-        .unwrap();
-    let lsn: String = direct
-        .query_one("select pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    store_clock(&redis.url(), "kv", &lsn).await;
+    write_as_another_proxy(&direct, &url, "update kv set v = 'new2' where k = 2").await;
     let uncached = "/* pgwarden:nocache */ select v from kv where k = 2";
     assert_eq!(value(&w.simple(uncached).await), "new2", "not a replica's");
     for r in &env.cluster.replicas {
