@@ -25,16 +25,21 @@ pub(crate) struct Probe {
     /// The fleet bus's period (0 without a bus).
     period: u64,
     analysis: Arc<Analysis>,
+    /// `tables()`, once asked (a fleet's catch-up asks before the lookup).
+    tables: Option<Vec<String>>,
 }
 
 impl Probe {
     /// What an entry of it depends on: the tables it reads (lower-cased), the catalog
     /// and the opaque clock.
-    pub(crate) fn tables(&self) -> Vec<String> {
-        let reads = self.analysis.reads().map(|t| t.name.to_lowercase());
-        reads
-            .chain([CATALOG.to_string(), OPAQUE.to_string()])
-            .collect()
+    pub(crate) fn tables(&mut self) -> &[String] {
+        let analysis = &self.analysis;
+        self.tables.get_or_insert_with(|| {
+            let reads = analysis.reads().map(|t| t.name.to_lowercase());
+            reads
+                .chain([CATALOG.to_string(), OPAQUE.to_string()])
+                .collect()
+        })
     }
 
     /// The fleet could not say what changed: nothing is served or kept.
@@ -95,6 +100,7 @@ impl Engine {
             ttl,
             period,
             analysis,
+            tables: None,
         })
     }
 
@@ -102,7 +108,7 @@ impl Engine {
     /// the fill needs). `stamp` is the table clock's, read before the request was planned.
     pub(crate) fn cache_lookup(
         &mut self,
-        probe: Probe,
+        mut probe: Probe,
         stamp: u64,
         needed: &mut Needed,
     ) -> Option<Bytes> {
@@ -112,7 +118,8 @@ impl Engine {
             Lookup::Miss => {}
         }
         let db = self.session.database.as_str();
-        let tables = probe.tables();
+        probe.tables();
+        let tables = probe.tables.take().unwrap_or_default();
         // The fill must see every commit acknowledged before `stamp`, in any mode.
         let strict = clock.max_of(db, tables.iter().map(String::as_str));
         needed.min_position = needed.min_position.max(strict);

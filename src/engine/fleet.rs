@@ -71,8 +71,8 @@ impl Engine {
             None => {}
         }
         let replica_read = all || !tables.is_empty();
-        if let Some(p) = probe.as_ref() {
-            tables.extend(p.tables());
+        if let Some(p) = probe.as_mut() {
+            tables.extend_from_slice(p.tables());
         }
         tables.sort_unstable();
         tables.dedup();

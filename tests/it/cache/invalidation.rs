@@ -2,7 +2,7 @@
 //! one, never before COMMIT), TRUNCATE and DDL, a flush on the admin port, and another
 //! proxy's write through the fleet bus.
 
-use super::{cached_env, fill, fill_in, fleet_of_two, hit, post};
+use super::{cached_env, fill, fill_in, first_text, fleet_of_two, hit, post};
 use crate::common::{one_row, wait_for, Wire};
 use std::time::Duration;
 
@@ -29,13 +29,11 @@ async fn every_read_after_a_write_sees_it_even_with_a_paused_replica() {
             !was_hit,
             "round {i}: the entry from before the write is gone"
         );
-        let row = r.iter().find_map(|m| m.data_row()).unwrap();
-        assert_eq!(text(&row, 0), format!("n{i}"), "round {i}");
+        assert_eq!(first_text(&r), format!("n{i}"), "round {i}");
         let (was_hit, r) = hit(&env, &mut w, sql).await;
         assert!(was_hit, "round {i}: the refill is kept");
-        let row = r.iter().find_map(|m| m.data_row()).unwrap();
         assert_eq!(
-            text(&row, 0),
+            first_text(&r),
             format!("n{i}"),
             "round {i}: the hit is the new value"
         );
@@ -54,10 +52,7 @@ async fn a_rollback_moves_nothing_and_a_transaction_invalidates_at_commit() {
     w.simple("rollback").await;
     let (was_hit, reply) = hit(&env, &mut r, sql).await;
     assert!(was_hit, "a rolled-back write invalidates nothing");
-    assert_eq!(
-        text(&reply.iter().find_map(|m| m.data_row()).unwrap(), 0),
-        "v2"
-    );
+    assert_eq!(first_text(&reply), "v2");
 
     w.simple("begin").await;
     w.simple("update kv set v = 'kept' where k = 2").await;
@@ -67,10 +62,7 @@ async fn a_rollback_moves_nothing_and_a_transaction_invalidates_at_commit() {
     w.simple("commit").await;
     let (was_hit, reply) = hit(&env, &mut r, sql).await;
     assert!(!was_hit, "COMMIT invalidated the entry");
-    assert_eq!(
-        text(&reply.iter().find_map(|m| m.data_row()).unwrap(), 0),
-        "kept"
-    );
+    assert_eq!(first_text(&reply), "kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

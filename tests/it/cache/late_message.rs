@@ -4,15 +4,10 @@
 //! test writes directly on the primary and stores the clock as that proxy would, and
 //! never publishes the message.
 
-use super::{cached_env, fill};
+use super::{cached_env, fill, first_text as value};
 use crate::common::{wait_for, Wire};
 use pgwarden::sandbox::redis::RedisServer;
 use std::time::Duration;
-
-fn value(reply: &[crate::common::Msg]) -> String {
-    let row = reply.iter().find_map(|m| m.data_row()).expect("a row");
-    String::from_utf8(row[0].clone().expect("not NULL")).unwrap()
-}
 
 /// A write that bypasses this proxy, then the clock another proxy's commit of it would
 /// store in Redis before its client's reply (kv's field at the primary's position).

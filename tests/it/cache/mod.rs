@@ -122,6 +122,12 @@ pub async fn fill_in(cache: &Cache, w: &mut Wire, sql: &str) -> Vec<Msg> {
     }
 }
 
+/// The first column of a reply's first row, as text.
+pub fn first_text(reply: &[Msg]) -> String {
+    let row = reply.iter().find_map(|m| m.data_row()).expect("a row");
+    String::from_utf8(row[0].clone().expect("not NULL")).unwrap()
+}
+
 /// Runs `sql` once and says whether the cache answered it.
 pub async fn hit(env: &Env, w: &mut Wire, sql: &str) -> (bool, Vec<Msg>) {
     let before = stats(env).hits;
